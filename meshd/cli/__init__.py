@@ -1,0 +1,1 @@
+"""Command-line entry points: ``meshd`` (the daemon) and ``meshctl`` (its control tool)."""
