@@ -256,7 +256,8 @@ def encode_message(msg: Message) -> bytes:
     fields = _ENCODERS.get(type(msg))
     if fields is None:
         raise TypeError(f"not a message: {type(msg).__name__}")
-    return _pack(fields(msg))
+    encoded: bytes = _pack(fields(msg))
+    return encoded
 
 
 def compound_header_size(count: int) -> int:

@@ -344,8 +344,8 @@ _OPS = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(mult=st.integers(1, 4), ops=st.lists(_OPS, max_size=80))
+@settings(max_examples=500, deadline=None)
+@given(mult=st.integers(1, 4), ops=st.lists(_OPS, min_size=20, max_size=120))
 def test_broadcast_matches_reference_model(mult: int, ops: list[tuple[object, ...]]) -> None:
     q = TransmitLimitedQueue(mult)
     ref = _RefQueue(mult)
