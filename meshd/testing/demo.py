@@ -4,7 +4,7 @@ The demo runs real :class:`~meshd.core.node.NodeCore` instances inside a
 :class:`~meshd.testing.sim.SimNetwork` (LAN profile, no loss) and narrates a
 short story:
 
-1. ``node-1`` … ``node-N`` start; every node but ``node-1`` joins through it.
+1. ``node-1`` .. ``node-N`` start; every node but ``node-1`` joins through it.
 2. ``node-N`` is killed (SIGKILL): the others suspect it, then declare it
    dead; the demo reports the detection time.
 3. ``node-N`` restarts with empty state and rejoins through ``node-1``.
@@ -136,7 +136,7 @@ class _Demo:
         self.process = {name: "up" for name in self.names}
         self.net = SimNetwork(seed)
         self.counts: collections.Counter[str] = collections.Counter()
-        self.notices: list[str] = []
+        self.notices: list[tuple[float, str]] = []
         self.crashed_at: float | None = None
         self.first_suspect: tuple[float, str] | None = None
         self.first_failed: tuple[float, str] | None = None
@@ -161,7 +161,7 @@ class _Demo:
             net.add_node(name, config=config)
         first = net.node(self.names[0])
         self.say(f"{self.names[0]} starts at {first.address[0]}:{first.address[1]}")
-        self.say(f"{self.names[1]} … {self.victim} join through {self.names[0]}")
+        self.say(f"{self.names[1]}..{self.victim} join through {self.names[0]}")
         start = net.now
         for name in self.names[1:]:
             net.join(name, [self.names[0]])
@@ -191,12 +191,16 @@ class _Demo:
         self.advance(None, _PAUSE)
 
         # -- restart and rejoin
-        self.say(f"restarting {self.victim}: fresh process, empty state, joins through {self.names[0]}")
+        self.say(
+            f"restarting {self.victim}: fresh process, empty state, joins through {self.names[0]}"
+        )
         start = net.now
         net.restart(self.victim, join_via=[self.names[0]])
         self.process[self.victim] = "up"
         if not self.advance(net.converged, _REJOIN_TIMEOUT):
-            return self.fail(f"{self.victim} did not rejoin within {_REJOIN_TIMEOUT:g} virtual seconds")
+            return self.fail(
+                f"{self.victim} did not rejoin within {_REJOIN_TIMEOUT:g} virtual seconds"
+            )
         self.results["rejoin"] = net.now - start
         incarnation = self._incarnation(self.victim)
         self.say(
@@ -213,16 +217,22 @@ class _Demo:
         start = net.now
         net.leave(self.leaver)
         if not self.advance(lambda: self.leave_done_at is not None, _LEAVE_TIMEOUT):
-            return self.fail(f"{self.leaver} did not finish leaving within {_LEAVE_TIMEOUT:g} virtual seconds")
+            return self.fail(
+                f"{self.leaver} did not finish leaving within {_LEAVE_TIMEOUT:g} virtual seconds"
+            )
         self.say(f"{self.leaver} finished its leave; its process exits")
         net.crash(self.leaver)
         self.process[self.leaver] = "stopped"
         if not self.advance(lambda: self._all_see(self.leaver, MemberState.LEFT), _LEAVE_TIMEOUT):
             return self.fail(
-                f"not every node saw {self.leaver} as left within {_LEAVE_TIMEOUT:g} virtual seconds"
+                f"not every node saw {self.leaver} as left "
+                f"within {_LEAVE_TIMEOUT:g} virtual seconds"
             )
         self.results["leave"] = net.now - start
-        self.say(f"all {len(self._running())} running nodes see {self.leaver} as left after {self._dur('leave')}")
+        self.say(
+            f"all {len(self._running())} running nodes see {self.leaver} as left "
+            f"after {self._dur('leave')}"
+        )
         self.snapshot(f"{self.leaver} left")
         self.advance(None, 1.0)
         self.summary()
@@ -267,16 +277,22 @@ class _Demo:
                 if self.first_suspect is None:
                     self.first_suspect = (now, observer)
                     self.notices.append(
-                        f"{observer} suspects {self.victim} "
-                        f"({now - self.crashed_at:.1f} s after the crash)"
+                        (
+                            now,
+                            f"{observer} suspects {self.victim} "
+                            f"({now - self.crashed_at:.1f} s after the crash)",
+                        )
                     )
             elif isinstance(event, MemberFailed) and event.member.node_id == self.victim:
                 if self.first_failed is None:
                     self.first_failed = (now, observer)
                     self.results["detect"] = now - self.crashed_at
                     self.notices.append(
-                        f"{event.accuser} declares {self.victim} dead: "
-                        f"failure detected {now - self.crashed_at:.1f} s after the crash"
+                        (
+                            now,
+                            f"{event.accuser} declares {self.victim} dead: "
+                            f"failure detected {now - self.crashed_at:.1f} s after the crash",
+                        )
                     )
         if isinstance(event, LeaveCompleted) and observer == self.leaver:
             self.leave_done_at = now
@@ -285,9 +301,7 @@ class _Demo:
         return self.net.alive_nodes()
 
     def _all_see(self, member: str, state: MemberState) -> bool:
-        return all(
-            self.net.view(o).get(member) is state for o in self._running() if o != member
-        )
+        return all(self.net.view(o).get(member) is state for o in self._running() if o != member)
 
     def _incarnation(self, member: str) -> int:
         core = self.net.node(member).core
@@ -337,12 +351,21 @@ class _Demo:
         rows = self._rows()
         header = ("NODE", "ADDRESS", "PROCESS", "STATE", "INC", "AGREES")
         cells = [
-            (name, address, process, state.name.lower() if state is not None else "unknown", str(inc), agrees)
+            (
+                name,
+                address,
+                process,
+                state.name.lower() if state is not None else "unknown",
+                str(inc),
+                agrees,
+            )
             for name, address, process, state, inc, agrees in rows
         ]
         widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
 
-        def line(values: tuple[str, ...], states: MemberState | None = None, head: bool = False) -> str:
+        def line(
+            values: tuple[str, ...], states: MemberState | None = None, head: bool = False
+        ) -> str:
             parts = []
             for i, (value, width) in enumerate(zip(values, widths, strict=True)):
                 padded = value.rjust(width) if i == 4 else value.ljust(width)
@@ -381,18 +404,18 @@ class _Demo:
         self._write("\n".join(lines))
         self.table_lines = len(lines)
 
-    def say(self, message: str) -> None:
+    def say(self, message: str, at: float | None = None) -> None:
         """One narration line, stamped with virtual time (above the live table)."""
         had_table = self.table_lines > 0
         self._erase_table()
-        self._write(f"[t={self.net.now:6.1f}s] {message}")
+        self._write(f"[t={self.net.now if at is None else at:6.1f}s] {message}")
         if had_table:
             self._redraw()
 
     def _flush_notices(self) -> None:
         notices, self.notices = self.notices, []
-        for notice in notices:
-            self.say(notice)
+        for at, notice in notices:
+            self.say(notice, at)
 
     def snapshot(self, title: str) -> None:
         """Show the table at a key moment (a live terminal just redraws it)."""
@@ -412,7 +435,7 @@ class _Demo:
         return f"{value:.1f} s" if value is not None else "n/a"
 
     def summary(self) -> None:
-        self._erase_table()
+        self.table_lines = 0  # leave the last table on screen
         total = self.net.stats.total
         wall = time.perf_counter() - self.wall_start
         suspect = (
@@ -428,7 +451,8 @@ class _Demo:
             f"(detection time), all nodes agreed after {self._dur('agreed')}",
             f"  {self.victim} restarted and rejoined in {self._dur('rejoin')}",
             f"  {self.leaver} left gracefully; everyone saw it as left after {self._dur('leave')}",
-            "  events: " + ", ".join(f"{name} {count}" for name, count in sorted(self.counts.items())),
+            "  events: "
+            + ", ".join(f"{name} {count}" for name, count in sorted(self.counts.items())),
             f"  traffic: {total.packets_sent} packets ({total.bytes_sent / 1000:.1f} kB), "
             f"{total.streams_opened} streams ({total.stream_bytes_sent / 1000:.1f} kB), "
             f"{total.packets_dropped} packets dropped (sent to dead processes)",

@@ -35,7 +35,8 @@ COMPOUND_BUDGET = 1348
 
 
 def pack(obj: object) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)
+    return packed
 
 
 def array(*packed: bytes) -> bytes:
@@ -158,7 +159,10 @@ def two_users_filler(size: int) -> int:
     base = len(bytes.fromhex(packet([USER, "a", b"\x11" * 700], [USER, "b", b"\x22" * 256])))
     filler = 256 + size - base
     assert 256 <= filler <= COMPOUND_BUDGET
-    assert len(bytes.fromhex(packet([USER, "a", b"\x11" * 700], [USER, "b", b"\x22" * filler]))) == size
+    assert (
+        len(bytes.fromhex(packet([USER, "a", b"\x11" * 700], [USER, "b", b"\x22" * filler])))
+        == size
+    )
     return filler
 
 
@@ -209,14 +213,12 @@ def valid_vectors() -> list[dict[str, object]]:
         valid_packet(
             "ping_req ipv6 no nack",
             ping_req(2**32, "node-c", "fd00::3", 65535, "node-a", False),
-            note="IPv6 host without brackets; 5-byte uint seq; want_nack false",
+            note="IPv6 host without brackets; seq 2**32 needs a uint 64; no nack wanted",
         ),
         valid_packet("ack", ack(7, b"\x01\x02\x03"), note="ack with a payload"),
         valid_packet("ack empty payload", ack(0, b""), note="payload is an empty bin, not nil"),
         valid_packet("nack", nack(8), note=""),
-        valid_packet(
-            "suspect", accusation(SUSPECT, "suspect", 3, "node-b", "node-a"), note=""
-        ),
+        valid_packet("suspect", accusation(SUSPECT, "suspect", 3, "node-b", "node-a"), note=""),
         valid_packet(
             "alive",
             alive(4, "node-a", "10.0.0.1", 7946, b"dc=eu1", (1, 2, 1)),
@@ -309,19 +311,19 @@ def valid_vectors() -> list[dict[str, object]]:
         {
             "name": "extra trailing fields",
             "transport": "packet",
-            "hex": packet(skipped[0] + ["new field", 42, None]),
+            "hex": packet([*skipped[0], "new field", 42, None]),
             "decoded": [skipped[1]],
             "canonical": False,
             "note": "fields appended by a newer version are ignored",
         }
     )
     entry_wire, entry_shown = member("node-a", "10.0.0.1", 7946, 3, 0, b"")
-    pp_wire, pp_shown = push_pull(True, 1, [(entry_wire + [{"zone": "b"}], entry_shown)])
+    pp_wire, pp_shown = push_pull(True, 1, [([*entry_wire, {"zone": "b"}], entry_shown)])
     vectors.append(
         {
             "name": "push_pull extra fields",
             "transport": "stream",
-            "hex": stream(pp_wire + [True]),
+            "hex": stream([*pp_wire, True]),
             "decoded": [pp_shown],
             "canonical": False,
             "note": "extra fields after a member entry and after the message are ignored",
@@ -344,6 +346,13 @@ def valid_vectors() -> list[dict[str, object]]:
     return vectors
 
 
+def replaced(wire: list[object], index: int, value: object) -> list[object]:
+    """A copy of ``wire`` with item ``index`` set to ``value``."""
+    copy = list(wire)
+    copy[index] = value
+    return copy
+
+
 def invalid_vectors() -> list[dict[str, str]]:
     good_packet = bytes.fromhex(
         packet(
@@ -352,15 +361,22 @@ def invalid_vectors() -> list[dict[str, str]]:
         )
     )
     good_stream = bytes.fromhex(
-        stream(
-            [PUSH_PULL, True, 1, [["node-a", ["10.0.0.1", 7946], 3, 0, b"meta", [1, 1, 1]]]]
-        )
+        stream([PUSH_PULL, True, 1, [["node-a", ["10.0.0.1", 7946], 3, 0, b"meta", [1, 1, 1]]]])
     )
     filler = two_users_filler(PACKET_MAX + 1)
     oversized = packet([USER, "a", b"\x11" * 700], [USER, "b", b"\x22" * filler])
-    entry = ["node-a", ["10.0.0.1", 7946], 3, 0, b"", [1, 1, 1]]
+    a_ping: list[object] = [PING, 7, "b", "a"]
+    an_alive: list[object] = [ALIVE, 1, "a", ["h", 1], b"", [1, 1, 1]]
+    an_entry: list[object] = ["node-a", ["10.0.0.1", 7946], 3, 0, b"", [1, 1, 1]]
+
+    def alive_with(index: int, value: object) -> str:
+        return packet(replaced(an_alive, index, value))
+
+    def entry_with(index: int, value: object) -> str:
+        return stream([PUSH_PULL, True, 1, [replaced(an_entry, index, value)]])
 
     cases: list[tuple[str, str, str, str]] = [
+        # Framing.
         ("empty packet", "packet", "", "no header"),
         ("empty stream", "stream", "", "no version byte"),
         ("packet version byte only", "packet", "01", "truncated header"),
@@ -385,39 +401,60 @@ def invalid_vectors() -> list[dict[str, str]]:
             "exactly one compound per packet",
         ),
         ("stream trailing byte", "stream", good_stream.hex() + "00", "bytes after the message"),
+        ("reserved msgpack byte", "packet", "0100c1", "0xc1 is never valid msgpack"),
+        # Compound and message structure.
         ("empty compound", "packet", packet(), "a compound holds at least one message"),
-        ("compound not an array", "packet", packet_bytes(pack({"type": 1})), "map"),
-        ("compound is an int", "packet", packet_bytes(pack(1)), "int"),
+        ("compound is a map", "packet", packet_bytes(pack({"type": 1})), "not an array"),
+        ("compound is an int", "packet", packet_bytes(pack(1)), "not an array"),
         ("message not an array", "packet", packet_bytes(pack([1])), "bare int"),
         ("message empty array", "packet", packet_bytes(pack([[]])), "no type"),
-        ("message type str", "packet", packet_bytes(pack([["1", 7, "b", "a"]])), "str type"),
-        ("message type bool", "packet", packet([True, 7, "b", "a"]), "bool is not int"),
-        ("message type nil", "packet", packet([None, 7, "b", "a"]), "nil type"),
+        ("message type str", "packet", packet(replaced(a_ping, 0, "1")), "str type"),
+        ("message type bool", "packet", packet(replaced(a_ping, 0, True)), "bool is not int"),
+        ("message type nil", "packet", packet(replaced(a_ping, 0, None)), "nil type"),
         ("stream not an array", "stream", stream("ping"), "str"),
-        ("stream compound", "stream", stream([[PING, 7, "b", "a"]]), "a compound is not a frame"),
-        ("stream unknown type", "stream", stream([200, "x"]), "streams carry one known message"),
-        ("reserved msgpack byte", "packet", "0100c1", "0xc1 is never valid msgpack"),
+        ("stream compound", "stream", stream([a_ping]), "a frame holds one message"),
+        ("stream unknown type", "stream", stream([200, "x"]), "nothing to skip to"),
         (
             "map with int key",
             "packet",
-            packet([200, {1: 2}], [PING, 7, "b", "a"]),
+            packet([200, {1: 2}], a_ping),
             "map keys must be str or bin, even inside skipped messages",
         ),
-        ("str seq", "packet", packet([PING, "7", "b", "a"]), "ping.seq"),
-        ("float seq", "packet", packet([PING, 7.0, "b", "a"]), "ping.seq"),
-        ("bool seq", "packet", packet([PING, True, "b", "a"]), "ping.seq"),
+        ("push_pull in a packet", "packet", packet([PUSH_PULL, False, 1, None]), "stream only"),
+        (
+            "push_pull after a ping in a packet",
+            "packet",
+            packet(a_ping, [PUSH_PULL, False, 1, None]),
+            "stream only",
+        ),
+        # Missing fields.
+        ("missing fields ping", "packet", packet(a_ping[:3]), "ping without source"),
+        ("missing fields alive", "packet", packet(an_alive[:5]), "alive without protocol"),
+        ("missing fields ack", "packet", packet([ACK, 1]), "ack without payload"),
+        ("missing fields nack", "packet", packet([NACK]), "nack without seq"),
+        (
+            "missing fields push_pull",
+            "stream",
+            stream([PUSH_PULL, False, 1]),
+            "members missing (nil is required)",
+        ),
+        ("member missing fields", "stream", stream([PUSH_PULL, False, 1, [an_entry[:5]]]), "entry"),
+        # Field types and ranges.
+        ("str seq", "packet", packet(replaced(a_ping, 1, "7")), "ping.seq"),
+        ("float seq", "packet", packet(replaced(a_ping, 1, 7.0)), "ping.seq"),
+        ("bool seq", "packet", packet(replaced(a_ping, 1, True)), "ping.seq"),
         ("nil seq", "packet", packet([NACK, None]), "nack.seq"),
         (
             "seq 2**64",
             "packet",
-            packet_bytes(array(b"\x94\x01" + pack(float(2**64)) + pack("b") + pack("a"))),
+            packet(replaced(a_ping, 1, float(2**64))),
             "msgpack ints stop at 2**64-1; a bigger seq can only arrive as a float",
         ),
         ("negative seq", "packet", packet([ACK, -1, b""]), "ack.seq"),
         ("negative incarnation", "packet", packet([SUSPECT, -1, "b", "a"]), "incarnation"),
-        ("int node id", "packet", packet([PING, 7, 42, "a"]), "ping.target"),
-        ("bin node id", "packet", packet([PING, 7, b"b", "a"]), "node ids are str"),
-        ("empty node id", "packet", packet([PING, 7, "", "a"]), "node id of 0 bytes"),
+        ("int node id", "packet", packet(replaced(a_ping, 2, 42)), "ping.target"),
+        ("bin node id", "packet", packet(replaced(a_ping, 2, b"b")), "node ids are str"),
+        ("empty node id", "packet", packet(replaced(a_ping, 2, "")), "node id of 0 bytes"),
         ("node id of 129 bytes", "packet", packet([LEAVE, 1, "x" * 129]), "over 128 bytes"),
         (
             "node id of 130 UTF-8 bytes",
@@ -428,49 +465,42 @@ def invalid_vectors() -> list[dict[str, str]]:
         (
             "invalid UTF-8 node id",
             "packet",
-            packet_bytes(array(pack([PING, 7, "b", "a"])[:-2] + b"\xa2\xff\xfe")),
+            packet_bytes(array(pack(a_ping)[:-2] + b"\xa2\xff\xfe")),
             "str must be UTF-8",
         ),
-        ("bad state 9", "stream", stream([PUSH_PULL, True, 1, [entry[:3] + [9] + entry[4:]]]), "state"),
-        ("bool state", "stream", stream([PUSH_PULL, True, 1, [entry[:3] + [False] + entry[4:]]]), "state"),
-        ("bad port 70000", "packet", packet([ALIVE, 1, "a", ["h", 70000], b"", [1, 1, 1]]), "port"),
-        ("negative port", "packet", packet([ALIVE, 1, "a", ["h", -1], b"", [1, 1, 1]]), "port"),
-        ("empty host", "packet", packet([ALIVE, 1, "a", ["", 1], b"", [1, 1, 1]]), "host"),
-        ("host of 256 chars", "packet", packet([ALIVE, 1, "a", ["h" * 256, 1], b"", [1, 1, 1]]), "host"),
-        ("address of 3 items", "packet", packet([ALIVE, 1, "a", ["h", 1, 2], b"", [1, 1, 1]]), "address"),
-        ("address as str", "packet", packet([ALIVE, 1, "a", "h:1", b"", [1, 1, 1]]), "address"),
-        ("meta as str", "packet", packet([ALIVE, 1, "a", ["h", 1], "meta", [1, 1, 1]]), "meta is bin"),
-        ("meta nil", "packet", packet([ALIVE, 1, "a", ["h", 1], None, [1, 1, 1]]), "meta is bin"),
-        ("protocol min > max", "packet", packet([ALIVE, 1, "a", ["h", 1], b"", [2, 1, 1]]), "protocol"),
-        ("protocol 256", "packet", packet([ALIVE, 1, "a", ["h", 1], b"", [1, 256, 1]]), "protocol"),
-        ("protocol bool", "packet", packet([ALIVE, 1, "a", ["h", 1], b"", [True, 1, 1]]), "protocol"),
-        ("protocol of 2 items", "packet", packet([ALIVE, 1, "a", ["h", 1], b"", [1, 1]]), "protocol"),
-        ("want_nack int", "packet", packet([PING_REQ, 1, "c", ["h", 1], "a", 1]), "want_nack is bool"),
+        ("bad state 9", "stream", entry_with(3, 9), "state"),
+        ("bool state", "stream", entry_with(3, False), "state"),
+        ("bad port 70000", "packet", alive_with(3, ["h", 70000]), "port"),
+        ("negative port", "packet", alive_with(3, ["h", -1]), "port"),
+        ("empty host", "packet", alive_with(3, ["", 1]), "host"),
+        ("host of 256 chars", "packet", alive_with(3, ["h" * 256, 1]), "host"),
+        ("address of 3 items", "packet", alive_with(3, ["h", 1, 2]), "address"),
+        ("address as str", "packet", alive_with(3, "h:1"), "address"),
+        ("meta as str", "packet", alive_with(4, "meta"), "meta is bin"),
+        ("meta nil", "packet", alive_with(4, None), "meta is bin"),
+        ("protocol min > max", "packet", alive_with(5, [2, 1, 1]), "protocol"),
+        ("protocol 256", "packet", alive_with(5, [1, 256, 1]), "protocol"),
+        ("protocol bool", "packet", alive_with(5, [True, 1, 1]), "protocol"),
+        ("protocol of 2 items", "packet", alive_with(5, [1, 1]), "protocol"),
+        (
+            "want_nack int",
+            "packet",
+            packet([PING_REQ, 1, "c", ["h", 1], "a", 1]),
+            "want_nack is bool",
+        ),
         ("join nil", "stream", stream([PUSH_PULL, None, 1, None]), "join is bool"),
         ("negative checksum", "stream", stream([PUSH_PULL, False, -5, None]), "checksum"),
         ("members as map", "stream", stream([PUSH_PULL, False, 1, {"a": 1}]), "members"),
         ("member not an array", "stream", stream([PUSH_PULL, False, 1, ["node-a"]]), "members"),
-        ("member missing fields", "stream", stream([PUSH_PULL, False, 1, [entry[:5]]]), "protocol missing"),
-        ("missing fields ping", "packet", packet([PING, 7, "b"]), "ping without source"),
-        ("missing fields alive", "packet", packet([ALIVE, 1, "a", ["h", 1], b""]), "no protocol"),
-        ("missing fields ack", "packet", packet([ACK, 1]), "ack without payload"),
-        ("missing fields nack", "packet", packet([NACK]), "nack without seq"),
-        ("missing fields push_pull", "stream", stream([PUSH_PULL, False, 1]), "members missing (nil is required)"),
-        ("push_pull in a packet", "packet", packet([PUSH_PULL, False, 1, None]), "push-pull is stream only"),
+        # Sizes.
         (
-            "push_pull after a ping in a packet",
-            "packet",
-            packet([PING, 7, "b", "a"], [PUSH_PULL, False, 1, None]),
-            "push-pull is stream only",
-        ),
-        ("oversized stream meta", "stream", stream([ALIVE, 1, "a", ["h", 1], b"m" * 1025, [1, 1, 1]]), "meta > 1024"),
-        (
-            "oversized stream member meta",
+            "oversized stream meta",
             "stream",
-            stream([PUSH_PULL, True, 1, [entry[:4] + [b"m" * 1025] + entry[5:]]]),
+            stream(replaced(an_alive, 4, b"m" * 1025)),
             "meta > 1024",
         ),
-        ("oversized stream node id", "stream", stream([LEAVE, 1, "n" * 129]), "node id > 128 bytes"),
+        ("oversized stream member meta", "stream", entry_with(4, b"m" * 1025), "meta > 1024"),
+        ("oversized stream node id", "stream", stream([LEAVE, 1, "n" * 129]), "node id > 128"),
         (
             "user payload over budget in a packet",
             "packet",
@@ -488,7 +518,7 @@ def invalid_vectors() -> list[dict[str, str]]:
 def write(name: str, vectors: list[dict[str, object]] | list[dict[str, str]]) -> None:
     names = [v["name"] for v in vectors]
     assert len(names) == len(set(names)), "vector names must be unique"
-    (HERE / name).write_text(json.dumps(vectors, indent=1, ensure_ascii=False) + "\n")
+    (HERE / name).write_text(json.dumps(vectors, indent=2, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

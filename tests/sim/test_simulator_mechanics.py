@@ -16,6 +16,7 @@ import itertools
 import math
 import random
 from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 import pytest
 
@@ -44,6 +45,8 @@ from meshd.core.outputs import (
 from meshd.core.types import Address, Member, MemberState, NodeId
 from meshd.testing import SimNetwork, SimNode, SlowSpec
 from meshd.testing.sim import ERR_NO_REPLY, ERR_REFUSED, ERR_TIMEOUT, TraceEntry
+
+_I = TypeVar("_I")
 
 SEEDS = [pytest.param(s, id=f"seed={s}") for s in (1, 7, 2024)]
 
@@ -100,7 +103,7 @@ class FakeCore:
                     out.append(SendPacket(peer, b"ping %s %r" % (me, now)))
                 self.next_at += self.interval
         elif isinstance(event, PacketReceived):
-            kind, sender = (event.data.split(b" ") + [b""])[:2]
+            kind, sender = [*event.data.split(b" "), b""][:2]
             out.append(UserMessageReceived(NodeId(sender.decode()), event.data))
             if kind == b"ping":
                 out.append(SendPacket(event.source, b"ack %s %r" % (me, now)))
@@ -118,8 +121,8 @@ class FakeCore:
             elif event.data != b"silent":
                 out.append(ReplyStream(event.conn_id, b"echo " + event.data))
         elif isinstance(event, StreamResult):
-            address = self.pending.pop(event.request_id, None)
-            if address is not None:
+            if event.request_id in self.pending:
+                address = self.pending.pop(event.request_id)
                 if event.error is not None:
                     out.append(JoinFailed(address, event.error))
                 else:
@@ -181,8 +184,13 @@ def emit(net: SimNetwork, node_id: str, *outputs: Output) -> None:
     net.broadcast(node_id, b"")
 
 
-def received(net: SimNetwork, node_id: str, cls: type = PacketReceived) -> list[tuple[float, Input]]:
+def received(net: SimNetwork, node_id: str, cls: type[_I]) -> list[tuple[float, _I]]:
+    """``(time, input)`` for every ``cls`` input ``node_id``'s current core handled."""
     return [(t, e) for t, e in core(net, node_id).log if isinstance(e, cls)]
+
+
+def packets(net: SimNetwork, node_id: str) -> list[tuple[float, PacketReceived]]:
+    return received(net, node_id, PacketReceived)
 
 
 def addr(net: SimNetwork, node_id: str) -> Address:
@@ -243,7 +251,7 @@ def test_sim_latency_within_bounds(seed: int) -> None:
     net.run_for(1.0)
 
     def delays(node_id: str) -> list[float]:
-        return [t - float(e.data.split()[1]) for t, e in received(net, node_id)]  # type: ignore[union-attr]
+        return [t - float(e.data.split()[1]) for t, e in packets(net, node_id)]
 
     a_to_b, a_to_c, b_to_a = delays("b"), delays("c"), delays("a")
     assert len(a_to_b) == len(a_to_c) == len(b_to_a) == 200
@@ -251,7 +259,8 @@ def test_sim_latency_within_bounds(seed: int) -> None:
     assert all(d == pytest.approx(0.5) for d in a_to_c)
     assert all(0.01 <= d <= 0.05 for d in b_to_a)
     # Uniform, not constant: the draws spread over the range.
-    assert min(b_to_a) < 0.015 and max(b_to_a) > 0.045
+    assert min(b_to_a) < 0.015
+    assert max(b_to_a) > 0.045
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -264,7 +273,7 @@ def test_sim_loss_rate_within_statistical_bounds(seed: int) -> None:
     dropped = net.node_stats("a").packets_dropped
     sigma = math.sqrt(n * p * (1 - p))
     assert abs(dropped - n * p) < 4 * sigma
-    assert len(received(net, "b")) == n - dropped
+    assert len(packets(net, "b")) == n - dropped
 
 
 def test_sim_loss_rules_most_specific_wins() -> None:
@@ -275,7 +284,7 @@ def test_sim_loss_rules_most_specific_wins() -> None:
     for src, dst in itertools.permutations("abc", 2):
         emit(net, src, SendPacket(addr(net, dst), f"x {src}".encode()))
     net.run_for(1.0)
-    got = {(e.data.decode()[2], dst) for dst in "abc" for _, e in received(net, dst)}  # type: ignore[union-attr]
+    got = {(e.data.decode()[2], dst) for dst in "abc" for _, e in packets(net, dst)}
     assert got == {("a", "b"), ("b", "a"), ("c", "a"), ("c", "b")}
 
 
@@ -303,13 +312,13 @@ def test_sim_partition_blocks_packets_and_streams_and_heal_restores() -> None:
     emit(net, "d", SendPacket(addr(net, "d"), b"x d"))
     net.join("a", ["b"])
     net.run_for(0.5)
-    assert received(net, "b") == []
-    assert [e.data for _, e in received(net, "c")] == [b"x b"]  # type: ignore[union-attr]
-    assert [e.data for _, e in received(net, "d")] == [b"x d"]  # type: ignore[union-attr]
+    assert packets(net, "b") == []
+    assert [e.data for _, e in packets(net, "c")] == [b"x b"]
+    assert [e.data for _, e in packets(net, "d")] == [b"x d"]
     assert received(net, "b", StreamReceived) == []
     net.run_for(1.0)
     # The join stream timed out after its 1 s timeout.
-    assert [(t, e.error) for t, e in received(net, "a", StreamResult)] == [(1.0, ERR_TIMEOUT)]  # type: ignore[union-attr]
+    assert [(t, e.error) for t, e in received(net, "a", StreamResult)] == [(1.0, ERR_TIMEOUT)]
     assert net.node_stats("a").packets_dropped == 3
     assert net.node_stats("b").packets_dropped == 1
 
@@ -317,8 +326,8 @@ def test_sim_partition_blocks_packets_and_streams_and_heal_restores() -> None:
     emit(net, "a", SendPacket(addr(net, "b"), b"x a"))
     net.join("a", ["b"])
     net.run_for(0.5)
-    assert [e.data for _, e in received(net, "b")] == [b"x a"]  # type: ignore[union-attr]
-    assert [e.data for _, e in received(net, "a", StreamResult)][-1] == b"welcome b"  # type: ignore[union-attr]
+    assert [e.data for _, e in packets(net, "b")] == [b"x a"]
+    assert [e.data for _, e in received(net, "a", StreamResult)][-1] == b"welcome b"
 
 
 def test_sim_partition_drops_packets_in_flight() -> None:
@@ -327,8 +336,23 @@ def test_sim_partition_drops_packets_in_flight() -> None:
     net.run_for(0.05)
     net.partition(["a"], ["b"])
     net.run_for(0.5)
-    assert received(net, "b") == []
+    assert packets(net, "b") == []
     assert net.node_stats("a").packets_dropped == 1
+
+
+def test_sim_stream_to_crashed_node_across_partition_times_out() -> None:
+    net = make_net(latency=(0.01, 0.01))
+    emit(net, "a", OpenStream(1, addr(net, "b"), b"silent", expect_reply=True, timeout=2.0))
+    net.run_for(0.5)
+    net.partition(["a"], ["b", "c"])
+    net.crash("b")  # the reset cannot cross the partition
+    emit(net, "a", OpenStream(2, addr(net, "b"), b"hello", expect_reply=True, timeout=2.0))
+    emit(net, "c", OpenStream(3, addr(net, "b"), b"hello", expect_reply=True, timeout=2.0))
+    net.run_for(5.0)
+    got = [(round(t, 9), e.request_id, e.error) for t, e in received(net, "a", StreamResult)]
+    assert got == [(2.0, 1, ERR_TIMEOUT), (2.5, 2, ERR_TIMEOUT)]
+    got = [(round(t, 9), e.request_id, e.error) for t, e in received(net, "c", StreamResult)]
+    assert got == [(0.51, 3, ERR_REFUSED)]
 
 
 def test_sim_partition_rejects_node_in_two_groups() -> None:
@@ -355,12 +379,12 @@ def test_sim_crash_drops_deliveries_and_refuses_streams() -> None:
     net.run_for(1.0)
     assert net.node_stats("a").packets_dropped == 1
     assert net.node_stats("b").packets_received == 0
-    (t_a, res_a), = received(net, "a", StreamResult)
-    assert res_a.error == ERR_REFUSED  # type: ignore[union-attr]
+    ((t_a, res_a),) = received(net, "a", StreamResult)
+    assert res_a.error == ERR_REFUSED
     assert 0.01 <= t_a - crashed_at <= 0.02
     # The stream c had open towards b (not yet answered) fails the same way.
-    (t_c, res_c), = received(net, "c", StreamResult)
-    assert res_c.error == ERR_REFUSED  # type: ignore[union-attr]
+    ((t_c, res_c),) = received(net, "c", StreamResult)
+    assert res_c.error == ERR_REFUSED
     assert 0.01 <= t_c - crashed_at <= 0.02
     with pytest.raises(ValueError, match="already crashed"):
         net.crash("b")
@@ -402,7 +426,7 @@ def test_sim_restart_uses_new_core_and_drops_old_deliveries() -> None:
     assert new.rng.random() != random.Random("1/b/0").random()  # a fresh rng stream
     assert new.log[0] == (0.05, JoinRequested((addr(net, "c"),)))
     net.run_for(1.0)
-    assert received(net, "b") == [] and received(net, "b", PacketReceived) == []
+    assert packets(net, "b") == []
     assert [e for _, e in old.log if isinstance(e, PacketReceived)] == []
     assert net.node_stats("a").packets_dropped == 1
     assert [type(e.event) for e in net.trace if e.observer == "b"] == [JoinSucceeded]
@@ -435,7 +459,9 @@ def test_sim_stream_reply_variants() -> None:
         OpenStream(5, ("192.0.2.1", 7946), b"hello", expect_reply=True, timeout=5.0),
     )
     net.run_for(10.0)
-    results = {e.request_id: (round(t, 9), e.data, e.error) for t, e in received(net, "a", StreamResult)}  # type: ignore[union-attr]
+    results = {
+        e.request_id: (round(t, 9), e.data, e.error) for t, e in received(net, "a", StreamResult)
+    }
     assert results == {
         1: (0.2, b"echo hello", None),
         2: (0.1, None, None),  # as soon as the frame is delivered
@@ -443,7 +469,7 @@ def test_sim_stream_reply_variants() -> None:
         4: (2.0, None, ERR_TIMEOUT),
         5: (0.1, None, ERR_REFUSED),
     }
-    frames = [(e.conn_id, e.data, e.source) for _, e in received(net, "b", StreamReceived)]  # type: ignore[union-attr]
+    frames = [(e.conn_id, e.data, e.source) for _, e in received(net, "b", StreamReceived)]
     assert [f[1] for f in frames] == [b"hello", b"fire and forget", b"noreply", b"silent"]
     assert {f[2] for f in frames} == {addr(net, "a")}
     assert len({f[0] for f in frames}) == 4
@@ -454,7 +480,7 @@ def test_sim_slow_reply_times_out() -> None:
     net.set_slow("b", SlowSpec(3.0, 3.0))
     emit(net, "a", OpenStream(1, addr(net, "b"), b"hello", expect_reply=True, timeout=1.0))
     net.run_for(10.0)
-    assert [(t, e.error) for t, e in received(net, "a", StreamResult)] == [(1.0, ERR_TIMEOUT)]  # type: ignore[union-attr]
+    assert [(t, e.error) for t, e in received(net, "a", StreamResult)] == [(1.0, ERR_TIMEOUT)]
     assert [round(t, 9) for t, _ in received(net, "b", StreamReceived)] == [3.01]
 
 
@@ -469,20 +495,22 @@ def test_sim_slow_node_processes_fifo_with_delay(seed: int) -> None:
     net.run_for(0.05)
     emit(net, "c", OpenStream(1, addr(net, "b"), b"hello", expect_reply=True, timeout=60.0))
     net.run_for(20.0)
-    log = [(t, e) for t, e in core(net, "b").log if not isinstance(e, (Tick, SendUserMessage))]
+    log = [(t, e) for t, e in core(net, "b").log if isinstance(e, (PacketReceived, StreamReceived))]
     times = [t for t, _ in log]
     # FIFO: arrival order (here: send order), processing times never decrease.
-    assert [e.data for _, e in log[:20]] == [f"x {i}".encode() for i in range(20)]  # type: ignore[union-attr]
+    assert [e.data for _, e in log[:20]] == [f"x {i}".encode() for i in range(20)]
     assert isinstance(log[20][1], StreamReceived)
     assert times == sorted(times)
     assert 0.11 <= times[0] <= 0.31
     assert all(t2 - t1 <= 0.3 for t1, t2 in itertools.pairwise(times))
     # Each item waits at least min_delay after it arrived (0.01 for the
     # packets, 0.06 for the stream frame).
-    assert all(t >= 0.11 for t in times[:20]) and times[20] >= 0.16
+    assert all(t >= 0.11 for t in times[:20])
+    assert times[20] >= 0.16
     # A delay, not a throughput cap: nothing waits longer than max_delay
     # beyond the item before it or its own arrival.
-    assert times[19] <= 0.31 and times[20] <= 0.36
+    assert times[19] <= 0.31
+    assert times[20] <= 0.36
 
 
 def test_sim_slow_node_ticks_stay_on_time() -> None:
@@ -494,12 +522,13 @@ def test_sim_slow_node_ticks_stay_on_time() -> None:
     assert all(now == armed for now, armed in ticks)
     assert net.node_stats("b").packets_sent >= 29  # one ping per tick, plus acks
     # Meanwhile every packet it got was processed 0.5 s or more after it was sent …
-    lags = [t - float(e.data.split()[2]) for t, e in received(net, "b")]  # type: ignore[union-attr]
+    lags = [t - float(e.data.split()[2]) for t, e in packets(net, "b")]
     assert len(lags) > 20
     assert all(lag >= 0.501 for lag in lags)
     # … while the healthy nodes process theirs within the latency bound.
-    lags = [t - float(e.data.split()[2]) for t, e in received(net, "a")]  # type: ignore[union-attr]
-    assert lags and all(lag <= 0.002 for lag in lags)
+    lags = [t - float(e.data.split()[2]) for t, e in packets(net, "a")]
+    assert lags
+    assert all(lag <= 0.002 for lag in lags)
 
 
 def test_sim_set_slow_none_keeps_backlog_order() -> None:
@@ -510,7 +539,7 @@ def test_sim_set_slow_none_keeps_backlog_order() -> None:
     net.set_slow("b", None)
     emit(net, "a", SendPacket(addr(net, "b"), b"x 2"))  # arrives before x 1 is processed
     net.run_for(2.0)
-    got = [(round(t, 9), e.data) for t, e in received(net, "b")]  # type: ignore[union-attr]
+    got = [(round(t, 9), e.data) for t, e in packets(net, "b")]
     assert got == [(1.01, b"x 1"), (1.01, b"x 2")]
 
 
@@ -576,7 +605,8 @@ def test_sim_trace_can_be_turned_off() -> None:
     count = [0]
     net.listeners.append(lambda t, who, ev: count.__setitem__(0, count[0] + 1))
     net.run_for(5.0)
-    assert net.trace == [] and count[0] > 0
+    assert net.trace == []
+    assert count[0] > 0
 
 
 def test_sim_view_and_converged() -> None:
@@ -619,7 +649,8 @@ def test_sim_add_node_assigns_addresses_deterministically() -> None:
     assert nodes[253].address == ("10.0.0.254", 7946)
     assert nodes[254].address == ("10.0.1.1", 7946)
     assert len({n.address for n in nodes}) == 600
-    assert isinstance(nodes[0], SimNode) and nodes[0].running
+    assert isinstance(nodes[0], SimNode)
+    assert nodes[0].running
     with pytest.raises(ValueError, match="already exists"):
         net.add_node("n0")
     with pytest.raises(KeyError):
@@ -664,7 +695,8 @@ def test_sim_stats_count_packets_bytes_and_streams() -> None:
     assert (a.streams_opened, a.stream_bytes_sent) == (1, 5)
     assert b.stream_bytes_sent == len(b"echo hello")
     total = net.stats.total
-    assert total.packets_sent == 3 and total.stream_bytes_sent == 15
+    assert total.packets_sent == 3
+    assert total.stream_bytes_sent == 15
     assert total.packets_sent == total.packets_delivered + total.packets_dropped
     assert net.stats.events_processed > 0
     net.reset_stats()
