@@ -273,13 +273,13 @@ def compound_header_size(count: int) -> int:
     Raises:
         ValueError: ``count`` is negative or above 2**32-1.
     """
-    if 0 <= count <= 15:
+    if not 0 <= count <= 0xFFFFFFFF:
+        raise ValueError(f"a compound cannot hold {count} messages")
+    if count <= 15:
         return 1
-    if 15 < count <= 0xFFFF:
+    if count <= 0xFFFF:
         return 3
-    if 0xFFFF < count <= 0xFFFFFFFF:
-        return 5
-    raise ValueError(f"a compound cannot hold {count} messages")
+    return 5
 
 
 def encode_compound(parts: Sequence[bytes]) -> bytes:

@@ -44,13 +44,22 @@ class MembershipConfig:
 
     #: Time between two probes of random members (SWIM protocol period).
     #: Lower detects failures sooner at the cost of one ping+ack per interval.
-    #: Scaled by the local health multiplier (``timing.scaled_probe_interval``).
+    #: Scaled by the local health multiplier (``timing.scaled_interval``).
     probe_interval: float = attrs.field(default=1.0, validator=_positive)
 
     #: How long to wait for a direct ack before asking ``indirect_checks``
     #: helpers. Set it near the 99th percentile of round-trip time: too low
     #: causes spurious indirect probes, too high delays detection.
     probe_timeout: float = attrs.field(default=0.5, validator=_positive)
+
+    #: Floor of the adaptive escalation timeout. A probe escalates to
+    #: ping-req and a TCP ping once the direct ack is overdue by the member's
+    #: measured RTT (``srtt + 4 * rttvar``, RFC 6298), but never sooner than
+    #: this and never later than ``probe_timeout``
+    #: (``timing.escalation_timeout``). Escalating early only asks for more
+    #: evidence; it costs ``2 * indirect_checks`` packets and one TCP connect.
+    #: Set it equal to ``probe_timeout`` for memberlist's fixed timeout.
+    probe_timeout_min: float = attrs.field(default=0.05, validator=_positive)
 
     #: Number of members asked to ping-req a target that missed a direct ping.
     #: More helpers lower the chance of a false suspicion under packet loss,
@@ -123,6 +132,19 @@ class MembershipConfig:
     #: a clear error, since it must fit in one alive message inside a packet.
     meta_max_size: int = attrs.field(default=512, validator=v.and_(v.ge(0), v.le(1024)))
 
+    def __attrs_post_init__(self) -> None:
+        if self.probe_timeout_min > self.probe_timeout:
+            raise ConfigError(
+                f"membership.probe_timeout_min ({self.probe_timeout_min}) must not exceed "
+                f"membership.probe_timeout ({self.probe_timeout})"
+            )
+        if self.probe_timeout >= self.probe_interval:
+            raise ConfigError(
+                f"membership.probe_timeout ({self.probe_timeout}) must be shorter than "
+                f"membership.probe_interval ({self.probe_interval}): indirect probes need "
+                "the rest of the period"
+            )
+
     @classmethod
     def lan(cls) -> MembershipConfig:
         """memberlist ``DefaultLANConfig``: one broadcast domain, RTT < 50 ms."""
@@ -136,6 +158,7 @@ class MembershipConfig:
             profile="wan",
             probe_interval=5.0,
             probe_timeout=3.0,
+            probe_timeout_min=0.3,
             gossip_interval=0.5,
             gossip_nodes=4,
             suspicion_mult=6,
@@ -152,6 +175,7 @@ class MembershipConfig:
             profile="local",
             probe_interval=1.0,
             probe_timeout=0.2,
+            probe_timeout_min=0.02,
             gossip_interval=0.1,
             suspicion_mult=3,
             retransmit_mult=2,

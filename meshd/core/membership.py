@@ -86,6 +86,10 @@ class MemberEntry:
     state_changed_at: float
     #: Running suspicion timer while ``state`` is SUSPECT, else None.
     suspicion: Suspicion | None = None
+    #: Smoothed round-trip time of direct pings to this member and its mean
+    #: deviation (``timing.rtt_update``); None until the first direct ack.
+    srtt: float | None = None
+    rttvar: float = 0.0
 
     def snapshot(self) -> Member:
         return Member(

@@ -410,7 +410,14 @@ class NodeCore:
     def _on_ack(self, msg: Ack, source: Address, now: float) -> None:
         p = self._probe
         if p is not None and msg.seq == p.seq:
-            self._probe_succeeded(p, now, direct=not p.indirect_sent)
+            rtt = now - p.started_at
+            if source == p.address:
+                entry = self._table.get(p.target)
+                if entry is not None:
+                    entry.srtt, entry.rttvar = timing.rtt_update(entry.srtt, entry.rttvar, rtt)
+            # "Direct" for local health means: answered within the configured
+            # probe timeout, however early we escalated.
+            self._probe_succeeded(p, now, direct=rtt <= self._config.probe_timeout)
             return
         relay = self._relays.pop(msg.seq, None)
         if relay is not None:
@@ -548,7 +555,10 @@ class NodeCore:
             incarnation=target.incarnation,
             address=target.address,
             started_at=now,
-            indirect_at=now + self._config.probe_timeout,
+            indirect_at=now
+            + timing.escalation_timeout(
+                target.srtt, target.rttvar, self._config.probe_timeout_min, self._config.probe_timeout
+            ),
             deadline=now + self._awareness.scale(self._config.probe_interval),
         )
         self._stats["probes"] += 1

@@ -43,8 +43,10 @@ import math
 
 __all__ = [
     "PUSH_PULL_SCALE_THRESHOLD",
+    "escalation_timeout",
     "push_pull_scale",
     "retransmit_limit",
+    "rtt_update",
     "scaled_interval",
     "suspicion_confirmations_needed",
     "suspicion_max_timeout",
@@ -188,9 +190,10 @@ def suspicion_timeout(confirmations: int, k: int, min_timeout: float, max_timeou
         Seconds from the start of the suspicion to its deadline, a whole
         number of milliseconds unless it is ``min_timeout`` itself.
     """
-    if k < 1:
+    if k < 1 or confirmations >= k:
         # memberlist: "if there aren't enough nodes to confirm, use min"
-        # (and log(k + 1) would be 0 or undefined).
+        # (and log(k + 1) would be 0 or undefined). At k confirmations the
+        # formula is exactly min; returning it avoids float noise above min.
         return min_timeout
     frac = math.log(confirmations + 1) / math.log(k + 1)
     raw = max_timeout - frac * (max_timeout - min_timeout)
@@ -245,3 +248,44 @@ def scaled_interval(interval: float, health_score: int) -> float:
         The scaled interval in seconds.
     """
     return interval * (health_score + 1)
+
+
+# RTT smoothing gains of RFC 6298 §2 (TCP's retransmission timer): the mean
+# follows new samples with weight 1/8, the deviation with weight 1/4.
+_RTT_ALPHA = 0.125
+_RTT_BETA = 0.25
+
+
+def rtt_update(srtt: float | None, rttvar: float, sample: float) -> tuple[float, float]:
+    """Fold one round-trip ``sample`` into a smoothed estimate (RFC 6298 §2).
+
+    Formula: first sample: ``srtt = R``, ``rttvar = R / 2``; afterwards
+    ``rttvar = 3/4 · rttvar + 1/4 · |srtt − R|`` and
+    ``srtt = 7/8 · srtt + 1/8 · R``.
+
+    Returns:
+        ``(srtt, rttvar)`` after the sample.
+    """
+    if srtt is None:
+        return sample, sample / 2
+    rttvar = (1 - _RTT_BETA) * rttvar + _RTT_BETA * abs(srtt - sample)
+    return (1 - _RTT_ALPHA) * srtt + _RTT_ALPHA * sample, rttvar
+
+
+def escalation_timeout(
+    srtt: float | None, rttvar: float, probe_timeout_min: float, probe_timeout: float
+) -> float:
+    """How long a probe waits for a direct ack before ping-req and TCP ping.
+
+    Formula: ``clamp(srtt + 4 · rttvar, probe_timeout_min, probe_timeout)``;
+    ``probe_timeout`` while the member has no RTT estimate yet.
+
+    meshd's refinement over memberlist, whose fixed ``ProbeTimeout`` must be
+    hand-set near the p99 RTT: an ack overdue by the measured RTT spread
+    escalates at once. Escalation only *asks for more evidence* (indirect
+    pings, a stream ping); the verdict still waits for the end of the
+    protocol period, so a short timeout costs packets, never a false suspicion.
+    """
+    if srtt is None:
+        return probe_timeout
+    return min(probe_timeout, max(probe_timeout_min, srtt + 4 * rttvar))

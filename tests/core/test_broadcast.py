@@ -16,7 +16,9 @@ from meshd.core.broadcast import TransmitLimitedQueue
 MANY = 10**6
 
 
-def get_all(q: TransmitLimitedQueue, limit: int = 10_000, overhead: int = 0, num_nodes: int = MANY) -> list[bytes]:
+def get_all(
+    q: TransmitLimitedQueue, limit: int = 10_000, overhead: int = 0, num_nodes: int = MANY
+) -> list[bytes]:
     return q.get_broadcasts(overhead, limit, num_nodes)
 
 
@@ -33,18 +35,32 @@ ORDERING_CASES = [
     ("fewest transmits first", ["q:a", "q:b", "q:c", "g:1"], 100, [b"b", b"a", b"c"]),
     # Two gets with room for one: c then b have 1 transmit each; among them
     # newest (c, queued last) first.
-    ("newest first among equal transmits", ["q:a", "q:b", "q:c", "g:1", "g:1"], 100, [b"a", b"c", b"b"]),
+    (
+        "newest first among equal transmits",
+        ["q:a", "q:b", "q:c", "g:1", "g:1"],
+        100,
+        [b"a", b"c", b"b"],
+    ),
     # A new message jumps ahead of everything already sent.
     ("new beats sent", ["q:a", "g:1", "q:b"], 100, [b"b", b"a"]),
     # Limit 2 with 1-byte payloads: only the first two in order fit.
     ("limit cuts the tail", ["q:a", "q:b", "q:c"], 2, [b"c", b"b"]),
     # a, b, c each sent once, but in the order c, b, a: the tier-1 bucket
     # must still be ordered by queue time (c newest), not by move time.
-    ("queue order kept across tiers", ["q:a", "q:b", "q:c", "g:1", "g:1", "g:1"], 100, [b"c", b"b", b"a"]),
+    (
+        "queue order kept across tiers",
+        ["q:a", "q:b", "q:c", "g:1", "g:1", "g:1"],
+        100,
+        [b"c", b"b", b"a"],
+    ),
 ]
 
 
-@pytest.mark.parametrize(("ops", "limit", "expected"), [c[1:] for c in ORDERING_CASES], ids=[c[0] for c in ORDERING_CASES])
+@pytest.mark.parametrize(
+    ("ops", "limit", "expected"),
+    [c[1:] for c in ORDERING_CASES],
+    ids=[c[0] for c in ORDERING_CASES],
+)
 def test_broadcast_ordering(ops: list[str], limit: int, expected: list[bytes]) -> None:
     q = TransmitLimitedQueue(MANY)
     for op in ops:
@@ -145,7 +161,9 @@ FILL_CASES = [
 
 
 @pytest.mark.parametrize(("sizes", "overhead", "limit", "expected"), FILL_CASES)
-def test_broadcast_fill_respects_limit(sizes: list[int], overhead: int, limit: int, expected: list[int]) -> None:
+def test_broadcast_fill_respects_limit(
+    sizes: list[int], overhead: int, limit: int, expected: list[int]
+) -> None:
     q = TransmitLimitedQueue(MANY)
     for i, size in enumerate(sizes):
         q.queue(bytes([65 + i]) * size)
@@ -173,16 +191,21 @@ def test_broadcast_negative_overhead_rejected() -> None:
 # -- transmit limit -----------------------------------------------------------
 
 
-@pytest.mark.parametrize(("mult", "num_nodes", "expected_limit"), [
-    (4, 1, 4),
-    (4, 10, 8),
-    (4, 100, 12),
-    (4, 1000, 16),
-    (4, 10000, 20),
-    (2, 9, 2),
-    (3, 99, 6),
-])
-def test_broadcast_removed_at_exactly_the_limit(mult: int, num_nodes: int, expected_limit: int) -> None:
+@pytest.mark.parametrize(
+    ("mult", "num_nodes", "expected_limit"),
+    [
+        (4, 1, 4),
+        (4, 10, 8),
+        (4, 100, 12),
+        (4, 1000, 16),
+        (4, 10000, 20),
+        (2, 9, 2),
+        (3, 99, 6),
+    ],
+)
+def test_broadcast_removed_at_exactly_the_limit(
+    mult: int, num_nodes: int, expected_limit: int
+) -> None:
     assert timing.retransmit_limit(mult, num_nodes) == expected_limit
     q = TransmitLimitedQueue(mult)
     q.queue(b"update", key="n")
@@ -360,7 +383,9 @@ def test_broadcast_matches_reference_model(mult: int, ops: list[tuple[object, ..
             ref.queue(payload, key)
         elif op[0] == "get":
             _, overhead, limit, num_nodes = op
-            assert isinstance(overhead, int) and isinstance(limit, int) and isinstance(num_nodes, int)
+            assert isinstance(overhead, int)
+            assert isinstance(limit, int)
+            assert isinstance(num_nodes, int)
             got = q.get_broadcasts(overhead, limit, num_nodes)
             want = ref.get(overhead, limit, num_nodes)
             assert Counter(got) == Counter(want), f"op {n}: {op}"

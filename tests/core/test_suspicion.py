@@ -1,4 +1,4 @@
-"""Tests for meshd.core.suspicion, after memberlist suspicion_test.go but with deadlines, not sleeps."""
+"""Tests for meshd.core.suspicion: memberlist suspicion_test.go with deadlines, not sleeps."""
 
 from __future__ import annotations
 
@@ -13,8 +13,12 @@ from meshd.core.types import NodeId
 ME = NodeId("me")
 
 
-def make(k: int = 3, minimum: float = 0.5, maximum: float = 2.0, started_at: float = 100.0) -> Suspicion:
-    return Suspicion(accuser=ME, k=k, min_timeout=minimum, max_timeout=maximum, started_at=started_at)
+def make(
+    k: int = 3, minimum: float = 0.5, maximum: float = 2.0, started_at: float = 100.0
+) -> Suspicion:
+    return Suspicion(
+        accuser=ME, k=k, min_timeout=minimum, max_timeout=maximum, started_at=started_at
+    )
 
 
 # memberlist TestSuspicion_remainingSuspicionTime: (n, k, elapsed, min, max,
@@ -54,7 +58,9 @@ TIMER_CASES = [
 
 
 @pytest.mark.parametrize(("calls", "confirmations", "timeout"), TIMER_CASES)
-def test_suspicion_confirm_sequence(calls: list[tuple[str, bool]], confirmations: int, timeout: float) -> None:
+def test_suspicion_confirm_sequence(
+    calls: list[tuple[str, bool]], confirmations: int, timeout: float
+) -> None:
     s = make()
     for accuser, new_info in calls:
         assert s.confirm(NodeId(accuser)) is new_info, accuser
@@ -136,4 +142,4 @@ def test_suspicion_min_equals_max_confirm_is_still_news() -> None:
 
 def test_suspicion_constructor_is_keyword_only() -> None:
     with pytest.raises(TypeError):
-        Suspicion(ME, 3, 0.5, 2.0, 0.0)  # type: ignore[misc]
+        Suspicion(ME, 3, 0.5, 2.0, 0.0)  # type: ignore[call-arg]

@@ -1,7 +1,8 @@
-"""Table tests for meshd.core.timing: each function against its docstring formula and ANCHORS.md numbers."""
+"""Table tests for meshd.core.timing: each formula against its docstring and ANCHORS.md."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -85,7 +86,9 @@ def test_suspicion_timeouts_from_lan_config() -> None:
     cfg = MembershipConfig.lan()
     minimum = timing.suspicion_min_timeout(cfg.suspicion_mult, 100, cfg.probe_interval)
     assert minimum == pytest.approx(8.0)
-    assert timing.suspicion_max_timeout(minimum, cfg.suspicion_max_timeout_mult) == pytest.approx(48.0)
+    assert timing.suspicion_max_timeout(minimum, cfg.suspicion_max_timeout_mult) == pytest.approx(
+        48.0
+    )
 
 
 # -- suspicion_confirmations_needed -------------------------------------------
@@ -144,7 +147,9 @@ REMAINING_CASES = [
 def test_suspicion_timeout_table(
     confirmations: int, k: int, minimum: float, maximum: float, expected: float
 ) -> None:
-    assert timing.suspicion_timeout(confirmations, k, minimum, maximum) == pytest.approx(expected, abs=1e-9)
+    assert timing.suspicion_timeout(confirmations, k, minimum, maximum) == pytest.approx(
+        expected, abs=1e-9
+    )
 
 
 def test_suspicion_timeout_rounds_down_to_whole_milliseconds() -> None:
@@ -165,7 +170,7 @@ def test_suspicion_timeout_decreases_from_max_to_min(k: int, minimum: float, mul
     values = [timing.suspicion_timeout(c, k, minimum, maximum) for c in range(k + 3)]
     # Starts at max (to the millisecond), never rises, ends at min.
     assert values[0] == pytest.approx(maximum, abs=0.001)
-    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    assert all(a >= b for a, b in itertools.pairwise(values))
     assert values[k] == minimum
     assert all(v >= minimum for v in values)
 

@@ -298,7 +298,7 @@ def test_oversized_stream_frame_rejected() -> None:
 
 
 def test_push_pull_member_cap() -> None:
-    entry = msgpack.packb(["n", ["h", 1], 1, 0, b"", [1, 1, 1]], use_bin_type=True)
+    entry: bytes = msgpack.packb(["n", ["h", 1], 1, 0, b"", [1, 1, 1]], use_bin_type=True)
 
     def frame(count: int) -> bytes:
         # [PUSH_PULL, false, 1, <array 32 of count entries>]
