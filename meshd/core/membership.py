@@ -21,6 +21,14 @@ naming another address is a name conflict (two processes claim one name)
 and is ignored; once the member is dead or left, a new address is accepted
 so a restarted node may come back from elsewhere (memberlist's dead-node
 reclaim, with no waiting time).
+
+Rule 4: a suspect message whose accuser is the suspected member itself
+carries a suspicion of unknown origin (merged from a push-pull, see
+``pushpull.py``). It starts a suspicion where there is none, so the member
+hears of it and refutes, but it never counts as an independent confirmation:
+Lifeguard's shorter timeouts must rest on members that failed to reach the
+suspect themselves, not on one member's suspicion echoed back through a
+state exchange.
 """
 
 from __future__ import annotations
@@ -182,6 +190,11 @@ class MemberTable:
         if entry.suspicion is not None:
             # Already suspect: a suspicion from someone else is an independent
             # confirmation that shortens the timer (Lifeguard LHA-Suspicion).
+            # Rule 4: a suspicion "accused by the member itself" was relayed
+            # from a push-pull; its origin is unknown (maybe the very accuser
+            # we already count), so it never confirms.
+            if msg.accuser == msg.node:
+                return Outcome.IGNORED
             return Outcome.CONFIRMED if entry.suspicion.confirm(msg.accuser) else Outcome.IGNORED
         if entry.state is not MemberState.ALIVE:
             return Outcome.IGNORED

@@ -101,6 +101,9 @@ STREAM_REFUSED = "connection refused"
 # Bytes kept for the compound's array header (msgpack array16: 3 bytes).
 _HEADER_RESERVE = 3
 _SEQ_MASK = (1 << 64) - 1
+# Direct reminders sent to a suspect before our timer may declare it dead
+# (at 1/2 and 3/4 of the way to the deadline).
+_REFUTE_CHECKS = 2
 _INF = math.inf
 
 
@@ -174,6 +177,8 @@ class NodeCore:
         self._next_probe_at = now + rng.random() * config.probe_interval
         self._relays: dict[int, IndirectRelay] = {}
         self._seq = 0
+        #: Suspects to remind of their suspicion: id -> (when, reminders left).
+        self._refute_checks: dict[NodeId, tuple[float, int]] = {}
 
         self._requests: dict[int, _StreamRequest] = {}
         self._request_id = 0
@@ -275,6 +280,9 @@ class NodeCore:
         if self._table.suspects:
             for e in self._table.suspects.values():
                 d = e.suspicion.deadline  # type: ignore[union-attr]
+                if d < t:
+                    t = d
+            for d, _ in self._refute_checks.values():
                 if d < t:
                     t = d
         if self._queue and self._gossip_at < t:
@@ -454,7 +462,7 @@ class NodeCore:
 
     def _on_suspect(self, msg: Suspect, source: Address, now: float) -> None:
         if msg.node == self._id:
-            self._accused(msg.incarnation)
+            self._accused(msg.incarnation, source)
             return
         outcome = self._table.apply_suspect(msg, now, self._suspicion_params())
         if outcome is Outcome.IGNORED:
@@ -465,11 +473,12 @@ class NodeCore:
             entry = self._table.get(msg.node)
             assert entry is not None
             self._stats["suspicions"] += 1
+            self._schedule_refute_check(entry, now, _REFUTE_CHECKS)
             self._out.append(MemberSuspected(entry.snapshot(), msg.accuser))
 
     def _on_dead(self, msg: Dead, source: Address, now: float) -> None:
         if msg.node == self._id:
-            self._accused(msg.incarnation)
+            self._accused(msg.incarnation, source)
             return
         if self._table.apply_dead(msg, now) is Outcome.FAILED:
             self._queue.queue(codec.encode_message(msg), key=msg.node)
@@ -481,7 +490,7 @@ class NodeCore:
         if msg.node == self._id:
             # Someone says we left; an echo of our own leave, or a leave of a
             # previous process with our name. Refute unless we are leaving.
-            self._accused(msg.incarnation)
+            self._accused(msg.incarnation, source)
             return
         if self._table.apply_leave(msg, now) is Outcome.LEFT:
             self._queue.queue(codec.encode_message(msg), key=msg.node)
@@ -508,8 +517,17 @@ class NodeCore:
         # process with our name, or a node claiming it. Out-bid it.
         self._refute(msg.incarnation)
 
-    def _accused(self, incarnation: int) -> None:
-        if self._leaving or incarnation < self._incarnation:
+    def _accused(self, incarnation: int, source: Address) -> None:
+        if self._leaving:
+            return
+        if incarnation < self._incarnation:
+            # We refuted this already, but the sender has not heard: the
+            # refutation's gossip may have missed it (it is probabilistic,
+            # and small meshes retransmit few times). Tell it directly; one
+            # small packet, and its suspicion timer cannot fire on stale news.
+            if source != self._address:
+                self._stats["stale_accusations_answered"] += 1
+                self._send(source, [self._encoded_self_alive()])
             return
         self._refute(incarnation)
 
@@ -636,8 +654,31 @@ class NodeCore:
             if r.want_nack:
                 self._send(r.origin_address, [codec.encode_message(Nack(r.origin_seq))])
 
+    def _schedule_refute_check(self, entry: MemberEntry, now: float, left: int) -> None:
+        # Halfway to the deadline: a suspect that refuted long ago has had
+        # time to be heard; if we still suspect it, its alive missed us.
+        assert entry.suspicion is not None
+        self._refute_checks[entry.node_id] = (now + (entry.suspicion.deadline - now) / 2, left)
+
     def _check_suspicions(self, now: float) -> None:
-        due = [e for e in self._table.suspects.values() if e.suspicion.deadline <= now]  # type: ignore[union-attr]
+        suspects = self._table.suspects
+        for node in [n for n, (at, _) in self._refute_checks.items() if at <= now]:
+            _, left = self._refute_checks.pop(node)
+            entry = suspects.get(node)
+            if entry is None:
+                continue  # refuted or dead meanwhile
+            # Refutation check: the refutation is gossip, and gossip can miss
+            # a member (more often in small meshes, under loss). Before our
+            # timer declares a healthy member dead on stale news, remind it
+            # directly; it answers with its newer alive (see _accused) or
+            # refutes now. One small packet per suspicion and reminder.
+            assert entry.suspicion is not None
+            notice = Suspect(entry.incarnation, node, entry.suspicion.accuser)
+            self._stats["refute_checks"] += 1
+            self._send(entry.address, [codec.encode_message(notice)])
+            if left > 1:
+                self._schedule_refute_check(entry, now, left - 1)
+        due = [e for e in suspects.values() if e.suspicion.deadline <= now]  # type: ignore[union-attr]
         for e in due:
             # Our suspicion timer fired: we declare the member dead.
             self._on_dead(Dead(e.incarnation, e.node_id, self._id), self._address, now)
@@ -703,8 +744,11 @@ class NodeCore:
             self._gossip_at += math.ceil((now - self._gossip_at) / interval) * interval
 
     def _queue_self_alive(self) -> None:
+        self._queue.queue(self._encoded_self_alive(), key=self._id)
+
+    def _encoded_self_alive(self) -> bytes:
         alive = Alive(self._incarnation, self._id, self._address, self._meta, self._protocol)
-        self._queue.queue(codec.encode_message(alive), key=self._id)
+        return codec.encode_message(alive)
 
     # ================================================================ push-pull, join, reconnect
 
@@ -859,7 +903,7 @@ class NodeCore:
 
     def _merge(self, states: Iterable[PushNodeState], now: float) -> None:
         handlers = self._message_handlers
-        for msg in to_messages(states, self._id):
+        for msg in to_messages(states):
             handlers[type(msg)](msg, self._address, now)
 
     def _local_state(self) -> Iterable[PushNodeState]:

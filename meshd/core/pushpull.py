@@ -13,8 +13,13 @@ member sends per second do not grow with the mesh size (the SWIM property).
 A join always sends and receives the full state.
 
 Rule 1 (memberlist mergeState): a remote "dead" or "suspect" is merged as a
-*suspicion* raised by us, never as dead. The member gets a chance to refute;
-a stale view from one peer cannot kill a healthy member.
+*suspicion*, never as dead. The member gets a chance to refute; a stale view
+from one peer cannot kill a healthy member. Unlike memberlist, which names
+the merging node as the accuser, the merged suspicion names the member
+itself as accuser: "origin unknown" (membership.py Rule 4). Otherwise one
+slow member's suspicion, copied into a peer's state and merged by a third,
+would come back as a fake independent confirmation and shrink the Lifeguard
+timeout, which is how a healthy member gets declared dead.
 
 Rule 2: a remote "left" is merged as a leave, a remote "alive" as an alive
 message, through the same rules as gossip (``membership.py``).
@@ -26,7 +31,7 @@ import hashlib
 from collections.abc import Iterable
 
 from meshd.core.messages import Alive, Leave, PushNodeState, Suspect
-from meshd.core.types import MemberState, NodeId
+from meshd.core.types import MemberState
 
 __all__ = ["checksum", "entry_digest", "to_messages"]
 
@@ -71,19 +76,16 @@ def checksum(states: Iterable[PushNodeState]) -> int:
     return total & _MASK64
 
 
-def to_messages(
-    states: Iterable[PushNodeState], merger: NodeId
-) -> Iterable[Alive | Suspect | Leave]:
+def to_messages(states: Iterable[PushNodeState]) -> Iterable[Alive | Suspect | Leave]:
     """Turn a remote table into the gossip messages that merge it (Rules 1–2).
 
     Args:
         states: the entries the peer sent.
-        merger: this node's id; it becomes the accuser of merged suspicions.
     """
     for s in states:
         if s.state is MemberState.ALIVE:
             yield Alive(s.incarnation, s.node, s.address, s.meta, s.protocol)
         elif s.state is MemberState.LEFT:
             yield Leave(s.incarnation, s.node)
-        else:  # SUSPECT or DEAD → suspicion (Rule 1)
-            yield Suspect(s.incarnation, s.node, merger)
+        else:  # SUSPECT or DEAD → suspicion of unknown origin (Rule 1)
+            yield Suspect(s.incarnation, s.node, s.node)

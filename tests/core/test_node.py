@@ -308,11 +308,15 @@ def test_node_refutes_dead_with_higher_incarnation() -> None:
     assert core.incarnation == 6
 
 
-def test_node_ignores_stale_accusation() -> None:
-    core = make(peers=1)
+def test_node_answers_stale_accusation_directly() -> None:
+    core = make(peers=2)
     core.handle(PacketReceived(packet(Suspect(0, SELF, peer(1))), addr(1)), 1.0)
-    core.handle(PacketReceived(packet(Suspect(0, SELF, peer(1))), addr(1)), 1.1)
+    # A second, stale suspicion (incarnation 0 < 1) does not bump us again,
+    # but its sender missed our refutation: it gets our alive directly.
+    out = core.handle(PacketReceived(packet(Suspect(0, SELF, peer(1))), addr(2)), 1.1)
     assert core.incarnation == 1
+    [(to, msgs)] = sent(out)
+    assert to == addr(2) and msgs[0] == Alive(1, SELF, SELF_ADDR)
 
 
 def suspect_deadline(core: NodeCore, node: NodeId) -> float:
@@ -550,3 +554,22 @@ def test_node_reaps_dead_and_keeps_address_for_reconnect() -> None:
 def test_node_handle_rejects_non_inputs() -> None:
     with pytest.raises(TypeError, match="not an input"):
         make().handle("tick", 0.0)  # type: ignore[arg-type]
+
+
+def test_node_reminds_suspect_before_declaring_it_dead() -> None:
+    core = make(peers=9)
+    core.handle(PacketReceived(packet(Suspect(0, peer(1), peer(2))), addr(2)), 10.0)
+    # Deadline 34 s (max 24 s, no confirmations): reminders at 22 s and 28 s,
+    # sent straight to the suspect, naming the original accuser.
+    reminders = [
+        (o, ms)
+        for o in tick_answering(core, 33.9)
+        if isinstance(o, SendPacket) and o.address == addr(1)
+        for ms in [codec.decode_packet_untrusted(o.data)]
+        if Suspect(0, peer(1), peer(2)) in ms
+    ]
+    assert len(reminders) == 2
+    # The suspect answers the reminder with its newer alive: no death.
+    out = core.handle(PacketReceived(packet(Alive(1, peer(1), addr(1))), addr(1)), 33.95)
+    assert of_type(out, MemberRecovered)
+    assert of_type(tick_answering(core, 40.0), MemberFailed) == []
