@@ -218,3 +218,131 @@ SCALED_CASES = [
 @pytest.mark.parametrize(("interval", "score", "expected"), SCALED_CASES)
 def test_scaled_interval_table(interval: float, score: int, expected: float) -> None:
     assert timing.scaled_interval(interval, score) == expected
+
+
+# -- rtt_update ---------------------------------------------------------------
+
+# (srtt, rttvar, sample, expected srtt, expected rttvar). RFC 6298 §2: the
+# first sample R gives srtt = R, rttvar = R/2; afterwards
+# rttvar = 3/4 rttvar + 1/4 |srtt - R| (with the *old* srtt), then
+# srtt = 7/8 srtt + 1/8 R.
+RTT_UPDATE_CASES = [
+    # First sample: rttvar (whatever it holds) is ignored.
+    (None, 0.0, 0.002, 0.002, 0.001),
+    (None, 5.0, 0.1, 0.1, 0.05),
+    (None, 0.0, 0.0, 0.0, 0.0),
+    # Steady RTT: srtt stays, the deviation decays by 3/4 per sample.
+    (0.002, 0.001, 0.002, 0.002, 0.00075),
+    (0.1, 0.0, 0.1, 0.1, 0.0),
+    # A slower sample: 0.004 after 0.002 -> rttvar = 0.75*0.001 + 0.25*0.002.
+    (0.002, 0.001, 0.004, 0.00225, 0.00125),
+    # A faster sample: 0.001 after 0.00225 (|diff| = 0.00125).
+    (0.00225, 0.00125, 0.001, 0.00209375, 0.00125),
+    # A spike: 0.8 s after a steady 0.1 s moves srtt by 1/8 of the gap.
+    (0.1, 0.01, 0.8, 0.1875, 0.1825),
+]
+
+
+@pytest.mark.parametrize(("srtt", "rttvar", "sample", "exp_srtt", "exp_rttvar"), RTT_UPDATE_CASES)
+def test_rtt_update_table(
+    srtt: float | None, rttvar: float, sample: float, exp_srtt: float, exp_rttvar: float
+) -> None:
+    got_srtt, got_rttvar = timing.rtt_update(srtt, rttvar, sample)
+    assert got_srtt == pytest.approx(exp_srtt, abs=1e-12)
+    assert got_rttvar == pytest.approx(exp_rttvar, abs=1e-12)
+
+
+def test_rtt_update_sequence_uses_old_srtt_for_the_deviation() -> None:
+    # 2 ms, 2 ms, 4 ms, 1 ms: the worked example in docs/membership.md.
+    srtt, rttvar = None, 0.0
+    trail = []
+    for sample in (0.002, 0.002, 0.004, 0.001):
+        srtt, rttvar = timing.rtt_update(srtt, rttvar, sample)
+        trail.append((srtt, rttvar))
+    expected = [
+        (0.002, 0.001),
+        (0.002, 0.00075),
+        (0.00225, 0.0010625),  # 0.75 * 0.00075 + 0.25 * |0.002 - 0.004|
+        (0.00209375, 0.001109375),  # 0.75 * 0.0010625 + 0.25 * |0.00225 - 0.001|
+    ]
+    for (s, v), (es, ev) in zip(trail, expected, strict=True):
+        assert s == pytest.approx(es, abs=1e-12)
+        assert v == pytest.approx(ev, abs=1e-12)
+
+
+@given(
+    samples=st.lists(st.floats(0.0, 10.0), min_size=1, max_size=50),
+)
+def test_rtt_update_stays_within_the_samples(samples: list[float]) -> None:
+    # srtt is a weighted mean of the samples, so it never leaves their range;
+    # rttvar is never negative.
+    srtt: float | None = None
+    rttvar = 0.0
+    for sample in samples:
+        srtt, rttvar = timing.rtt_update(srtt, rttvar, sample)
+        assert rttvar >= 0.0
+    assert srtt is not None
+    assert min(samples) - 1e-9 <= srtt <= max(samples) + 1e-9
+
+
+# -- escalation_timeout -------------------------------------------------------
+
+# (srtt, rttvar, probe_timeout_min, probe_timeout, expected).
+# clamp(srtt + 4 * rttvar, probe_timeout_min, probe_timeout); probe_timeout
+# while there is no estimate.
+ESCALATION_CASES = [
+    # No RTT estimate yet: memberlist's fixed ProbeTimeout.
+    (None, 0.0, 0.05, 0.5, 0.5),
+    (None, 0.3, 0.05, 0.5, 0.5),
+    (None, 0.0, 0.3, 3.0, 3.0),  # WAN
+    (None, 0.0, 0.02, 0.2, 0.2),  # local
+    # LAN, a 2 ms RTT: 2 + 4 * 1 = 6 ms, raised to the 50 ms floor.
+    (0.002, 0.001, 0.05, 0.5, 0.05),
+    (0.0, 0.0, 0.05, 0.5, 0.05),
+    # Inside the window: srtt + 4 * rttvar itself.
+    (0.1, 0.025, 0.05, 0.5, 0.2),
+    (0.04, 0.0025, 0.05, 0.5, 0.05),  # exactly at the floor
+    (0.3, 0.05, 0.05, 0.5, 0.5),  # exactly at the ceiling
+    (0.2, 0.05, 0.05, 0.5, 0.4),
+    # A slow, jittery member: capped at probe_timeout.
+    (0.4, 0.1, 0.05, 0.5, 0.5),
+    (2.0, 1.0, 0.05, 0.5, 0.5),
+    # WAN: 80 ms RTT after its first sample (rttvar 40 ms): 240 ms -> 300 ms floor.
+    (0.08, 0.04, 0.3, 3.0, 0.3),
+    (1.0, 0.25, 0.3, 3.0, 2.0),
+    # probe_timeout_min == probe_timeout: memberlist's fixed timeout whatever the RTT.
+    (0.002, 0.001, 0.5, 0.5, 0.5),
+    (2.0, 1.0, 0.5, 0.5, 0.5),
+]
+
+
+@pytest.mark.parametrize(("srtt", "rttvar", "floor", "ceiling", "expected"), ESCALATION_CASES)
+def test_escalation_timeout_table(
+    srtt: float | None, rttvar: float, floor: float, ceiling: float, expected: float
+) -> None:
+    assert timing.escalation_timeout(srtt, rttvar, floor, ceiling) == pytest.approx(
+        expected, abs=1e-12
+    )
+
+
+@pytest.mark.parametrize("name", ["lan", "wan", "local"])
+def test_escalation_timeout_without_estimate_is_the_profile_probe_timeout(name: str) -> None:
+    cfg = getattr(MembershipConfig, name)()
+    got = timing.escalation_timeout(None, 0.0, cfg.probe_timeout_min, cfg.probe_timeout)
+    assert got == cfg.probe_timeout
+
+
+@given(
+    srtt=st.floats(0.0, 100.0),
+    rttvar=st.floats(0.0, 100.0),
+    floor=st.floats(0.001, 1.0),
+    extra=st.floats(0.0, 10.0),
+)
+def test_escalation_timeout_always_within_its_bounds(
+    srtt: float, rttvar: float, floor: float, extra: float
+) -> None:
+    ceiling = floor + extra
+    got = timing.escalation_timeout(srtt, rttvar, floor, ceiling)
+    assert floor <= got <= ceiling
+    if floor <= srtt + 4 * rttvar <= ceiling:
+        assert got == srtt + 4 * rttvar
