@@ -54,6 +54,8 @@ from meshd.core.messages import (
     Ack,
     Alive,
     Dead,
+    KeyOp,
+    KeyOpResult,
     Leave,
     Message,
     MessageType,
@@ -220,6 +222,14 @@ def _push_pull_fields(m: PushPull) -> list[object]:
     return [MessageType.PUSH_PULL, m.join, m.checksum, members]
 
 
+def _key_op_fields(m: KeyOp) -> list[object]:
+    return [MessageType.KEY_OP, m.op, m.key]
+
+
+def _key_op_result_fields(m: KeyOpResult) -> list[object]:
+    return [MessageType.KEY_OP_RESULT, m.ok, m.error, list(m.fingerprints)]
+
+
 def _user_fields(m: UserMessage) -> list[object]:
     return [MessageType.USER, m.sender, m.payload]
 
@@ -237,6 +247,8 @@ _ENCODERS: dict[type, Callable[..., list[object]]] = {
     Leave: _leave_fields,
     PushPull: _push_pull_fields,
     UserMessage: _user_fields,
+    KeyOp: _key_op_fields,
+    KeyOpResult: _key_op_result_fields,
 }
 
 
@@ -568,6 +580,39 @@ def _decode_user(m: list[object], payload_max: int) -> UserMessage:
     return UserMessage(_node_id(m[1], "user.sender"), _bin(m[2], "user.payload", payload_max))
 
 
+KEY_OPS = frozenset({"list", "install", "use", "remove"})
+_KEY_SIZE = 32
+_ERROR_MAX = 256
+_FINGERPRINTS_MAX = 64
+_FINGERPRINT_MAX = 64
+
+
+def _decode_key_op(m: list[object], payload_max: int) -> KeyOp:
+    _arity(m, 3, "key_op")
+    op = m[1]
+    if type(op) is not str or op not in KEY_OPS:
+        raise BadPacket("key_op.op: expected one of list, install, use, remove")
+    key = _bin(m[2], "key_op.key", _KEY_SIZE)
+    if len(key) != (0 if op == "list" else _KEY_SIZE):
+        raise BadPacket(f"key_op.key: {op} needs {'no key' if op == 'list' else 'a 32-byte key'}")
+    return KeyOp(op, key)
+
+
+def _decode_key_op_result(m: list[object], payload_max: int) -> KeyOpResult:
+    _arity(m, 4, "key_op_result")
+    ok = _bool(m[1], "key_op_result.ok")
+    error = m[2]
+    if type(error) is not str or len(error) > _ERROR_MAX:
+        raise BadPacket(f"key_op_result.error: expected str of at most {_ERROR_MAX} characters")
+    raw = m[3]
+    if type(raw) is not list or len(raw) > _FINGERPRINTS_MAX:
+        raise BadPacket(f"key_op_result.fingerprints: expected array of at most {_FINGERPRINTS_MAX}")
+    for fp in raw:
+        if type(fp) is not str or not 1 <= len(fp) <= _FINGERPRINT_MAX:
+            raise BadPacket("key_op_result.fingerprints: expected short strings")
+    return KeyOpResult(ok, error, tuple(raw))  # type: ignore[arg-type]
+
+
 _Decoder = Callable[[list[object], int], Message]
 
 # Keyed by plain ints, not MessageType members, so a lookup with a decoded
@@ -585,9 +630,14 @@ _STREAM_DECODERS: dict[int, _Decoder] = {
         (MessageType.LEAVE, _decode_leave),
         (MessageType.PUSH_PULL, _decode_push_pull),
         (MessageType.USER, _decode_user),
+        (MessageType.KEY_OP, _decode_key_op),
+        (MessageType.KEY_OP_RESULT, _decode_key_op_result),
     )
 }
-_PACKET_DECODERS = {t: d for t, d in _STREAM_DECODERS.items() if t != MessageType.PUSH_PULL}
+# Push-pull and keyring operations travel only on (mutually authenticated)
+# streams; in a datagram they are rejected.
+_STREAM_ONLY = (MessageType.PUSH_PULL, MessageType.KEY_OP, MessageType.KEY_OP_RESULT)
+_PACKET_DECODERS = {t: d for t, d in _STREAM_DECODERS.items() if t not in _STREAM_ONLY}
 
 
 def _unpack(body: memoryview, limits: dict[str, int]) -> object:
@@ -655,8 +705,8 @@ def decode_packet_untrusted(data: bytes) -> list[Message]:
             decode = _PACKET_DECODERS.get(mtype)
             if decode is not None:
                 messages.append(decode(m, COMPOUND_BUDGET))
-            elif mtype == MessageType.PUSH_PULL:
-                raise BadPacket("push_pull: only allowed on streams")
+            elif mtype in _STREAM_ONLY:
+                raise BadPacket(f"{MessageType(mtype).name.lower()}: only allowed on streams")
             # Else: a type from a newer protocol version; skip it.
     except _DECODE_ERRORS as exc:
         raise BadPacket(f"malformed message: {type(exc).__name__}: {exc}") from None

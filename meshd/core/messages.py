@@ -21,6 +21,8 @@ __all__ = [
     "Ack",
     "Alive",
     "Dead",
+    "KeyOp",
+    "KeyOpResult",
     "Leave",
     "Message",
     "MessageType",
@@ -47,6 +49,8 @@ class MessageType(enum.IntEnum):
     LEAVE = 8
     PUSH_PULL = 9
     USER = 10
+    KEY_OP = 11
+    KEY_OP_RESULT = 12
 
 
 @attrs.frozen
@@ -158,4 +162,40 @@ class UserMessage:
     payload: bytes
 
 
-Message = Ping | PingReq | Ack | Nack | Suspect | Alive | Dead | Leave | PushPull | UserMessage
+@attrs.frozen
+class KeyOp:
+    """Keyring operation for the receiving node (stream only, mutual TLS).
+
+    ``op`` is ``list``, ``install``, ``use`` or ``remove``; ``key`` is the
+    32-byte key (empty for ``list``). Sent by the node an operator asked
+    (``meshctl keys``) to every alive member.
+    """
+
+    op: str
+    key: bytes = attrs.field(default=b"", repr=False)
+
+
+@attrs.frozen
+class KeyOpResult:
+    """Answer to :class:`KeyOp`: whether it applied, why not, and the
+    fingerprints of the keys installed afterwards (primary first)."""
+
+    ok: bool
+    error: str = ""
+    fingerprints: tuple[str, ...] = ()
+
+
+Message = (
+    Ping
+    | PingReq
+    | Ack
+    | Nack
+    | Suspect
+    | Alive
+    | Dead
+    | Leave
+    | PushPull
+    | UserMessage
+    | KeyOp
+    | KeyOpResult
+)

@@ -125,6 +125,7 @@ class _StreamRequest:
     address: Address
     seq: int = 0
     checksum: int = 0
+    peer: NodeId | None = None
 
 
 class NodeCore:
@@ -620,6 +621,7 @@ class NodeCore:
                     data=codec.encode_stream(Ping(p.seq, target, self._id)),
                     expect_reply=True,
                     timeout=max(p.deadline - now, self._config.probe_timeout),
+                    peer=target,
                 )
             )
 
@@ -759,7 +761,9 @@ class NodeCore:
         if not peers:
             return
         mine = checksum(self._local_state())
-        rid = self._new_request(_StreamRequest("push_pull", peers[0].address, checksum=mine))
+        rid = self._new_request(
+            _StreamRequest("push_pull", peers[0].address, checksum=mine, peer=peers[0].node_id)
+        )
         self._stats["push_pulls"] += 1
         self._out.append(
             OpenStream(
@@ -768,6 +772,7 @@ class NodeCore:
                 data=codec.encode_stream(PushPull(join=False, checksum=mine)),
                 expect_reply=True,
                 timeout=c.tcp_timeout,
+                peer=peers[0].node_id,
             )
         )
 
@@ -869,7 +874,7 @@ class NodeCore:
             # The peer's table differs from ours: it sent its state (merged
             # above); now push ours so both sides converge.
             state = tuple(self._local_state())
-            rid = self._new_request(_StreamRequest("push", req.address))
+            rid = self._new_request(_StreamRequest("push", req.address, peer=req.peer))
             self._out.append(
                 OpenStream(
                     request_id=rid,
@@ -877,6 +882,7 @@ class NodeCore:
                     data=codec.encode_stream(PushPull(join=False, checksum=checksum(state), members=state)),
                     expect_reply=False,
                     timeout=self._config.tcp_timeout,
+                    peer=req.peer,
                 )
             )
 

@@ -56,6 +56,10 @@ class OpenStream:
     data: bytes = attrs.field(repr=lambda b: f"<{len(b)} bytes>")
     expect_reply: bool
     timeout: float
+    #: The member expected at ``address`` (None for joins, where it is not
+    #: known yet). The runtime refuses a peer whose authenticated identity
+    #: differs.
+    peer: NodeId | None = None
 
 
 @attrs.frozen

@@ -28,7 +28,9 @@ import msgpack
 
 HERE = Path(__file__).parent
 
-PING, PING_REQ, ACK, NACK, SUSPECT, ALIVE, DEAD, LEAVE, PUSH_PULL, USER = range(1, 11)
+PING, PING_REQ, ACK, NACK, SUSPECT, ALIVE, DEAD, LEAVE, PUSH_PULL, USER, KEY_OP, KEY_OP_RESULT = range(
+    1, 13
+)
 STATES = ["alive", "suspect", "dead", "left"]
 PACKET_MAX = 1400
 COMPOUND_BUDGET = 1348
@@ -151,6 +153,19 @@ def push_pull(
 
 def user(sender: str, payload: bytes) -> tuple[list[object], dict[str, object]]:
     return [USER, sender, payload], {"type": "user", "sender": sender, "payload": payload.hex()}
+
+
+def key_op(op: str, key: bytes) -> tuple[list[object], dict[str, object]]:
+    return [KEY_OP, op, key], {"type": "key_op", "op": op, "key": key.hex()}
+
+
+def key_op_result(ok: bool, error: str, fps: list[str]) -> tuple[list[object], dict[str, object]]:
+    return [KEY_OP_RESULT, ok, error, fps], {
+        "type": "key_op_result",
+        "ok": ok,
+        "error": error,
+        "fingerprints": fps,
+    }
 
 
 def two_users_filler(size: int) -> int:
@@ -278,6 +293,22 @@ def valid_vectors() -> list[dict[str, object]]:
             alive(1, "node-a", "10.0.0.1", 7946, b"\xab" * 1024),
             note="meta of exactly 1024 bytes",
         ),
+        valid_stream("key_op list", key_op("list", b""), note="ask a member for its keys"),
+        valid_stream(
+            "key_op install",
+            key_op("install", bytes(range(32))),
+            note="install a 32-byte key on the receiving member",
+        ),
+        valid_stream(
+            "key_op_result",
+            key_op_result(True, "", ["a44d4482b5f0e1d2", "0123456789abcdef"]),
+            note="answer: installed keys' fingerprints, primary first",
+        ),
+        valid_stream(
+            "key_op_result refused",
+            key_op_result(False, "cannot remove the primary key", ["a44d4482b5f0e1d2"]),
+            note="a refused operation says why",
+        ),
         valid_stream(
             "stream user large payload",
             user("node-a", b"\x5a" * 4000),
@@ -301,7 +332,7 @@ def valid_vectors() -> list[dict[str, object]]:
         {
             "name": "only unknown types",
             "transport": "packet",
-            "hex": packet([11], [65535, b"x"]),
+            "hex": packet([199], [65535, b"x"]),
             "decoded": [],
             "canonical": False,
             "note": "a packet of only unknown types decodes to no messages",
@@ -421,6 +452,22 @@ def invalid_vectors() -> list[dict[str, str]]:
             "map keys must be str or bin, even inside skipped messages",
         ),
         ("push_pull in a packet", "packet", packet([PUSH_PULL, False, 1, None]), "stream only"),
+        ("key_op in a packet", "packet", packet([KEY_OP, "list", b""]), "stream only"),
+        (
+            "key_op_result in a packet",
+            "packet",
+            packet([KEY_OP_RESULT, True, "", []]),
+            "stream only",
+        ),
+        ("key_op unknown op", "stream", stream([KEY_OP, "steal", b""]), "op not in the table"),
+        ("key_op short key", "stream", stream([KEY_OP, "install", b"k" * 31]), "key of 31 bytes"),
+        ("key_op list with key", "stream", stream([KEY_OP, "list", b"k" * 32]), "list takes no key"),
+        (
+            "key_op_result fingerprint not str",
+            "stream",
+            stream([KEY_OP_RESULT, True, "", [1]]),
+            "fingerprints are strings",
+        ),
         (
             "push_pull after a ping in a packet",
             "packet",

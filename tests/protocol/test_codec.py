@@ -37,6 +37,8 @@ from meshd.core.messages import (
     Ack,
     Alive,
     Dead,
+    KeyOp,
+    KeyOpResult,
     Leave,
     Message,
     MessageType,
@@ -82,6 +84,8 @@ _CLASSES: dict[str, type] = {
     "leave": Leave,
     "push_pull": PushPull,
     "user": UserMessage,
+    "key_op": KeyOp,
+    "key_op_result": KeyOpResult,
 }
 _NAMES = {cls: name for name, cls in _CLASSES.items()}
 
@@ -89,8 +93,10 @@ _NAMES = {cls: name for name, cls in _CLASSES.items()}
 def _value_from_json(field: str, value: Any) -> Any:
     if field in ("address", "target_address"):
         return (value["host"], value["port"])
-    if field in ("meta", "payload"):
+    if field in ("meta", "payload", "key"):
         return bytes.fromhex(value)
+    if field == "fingerprints":
+        return tuple(value)
     if field == "protocol":
         return ProtocolRange(value["minimum"], value["maximum"], value["current"])
     if field == "state":
@@ -113,8 +119,10 @@ def message_from_json(rendered: dict[str, Any]) -> Message:
 def _value_to_json(field: str, value: Any) -> Any:
     if field in ("address", "target_address"):
         return {"host": value[0], "port": value[1]}
-    if field in ("meta", "payload"):
+    if field in ("meta", "payload", "key"):
         return value.hex()
+    if field == "fingerprints":
+        return list(value)
     if field == "protocol":
         return {"minimum": value.minimum, "maximum": value.maximum, "current": value.current}
     if field == "state":

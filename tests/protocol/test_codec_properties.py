@@ -178,8 +178,19 @@ def assert_within_spec(value: Message | PushNodeState) -> None:
             assert len(item) <= META_MAX
         elif field.name == "payload":
             assert type(item) is bytes
-        elif field.name in ("want_nack", "join"):
+        elif field.name in ("want_nack", "join", "ok"):
             assert type(item) is bool
+        elif field.name == "op":
+            assert item in ("list", "install", "use", "remove")
+        elif field.name == "key":
+            assert type(item) is bytes
+            assert len(item) in (0, 32)
+        elif field.name == "error":
+            assert type(item) is str
+            assert len(item) <= 256
+        elif field.name == "fingerprints":
+            assert type(item) is tuple
+            assert all(type(fp) is str for fp in item)
         elif field.name == "state":
             assert type(item) is MemberState
         elif field.name == "protocol":
