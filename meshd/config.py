@@ -671,7 +671,7 @@ class _Reader:
         return StateSection(dir=from_env if from_env is not None else self.base / ".meshd")
 
     def control(self, state: StateSection) -> ControlSection:
-        """Build ``[control]``: configured, else in ``$RUNTIME_DIRECTORY``, else in the state dir."""
+        """Build ``[control]``: configured, else in ``$RUNTIME_DIRECTORY``, else in state dir."""
         sock = self.path_value("control", "socket", '"/run/meshd/meshd.sock"')
         if sock is None:
             runtime = _first_directory(self.environ.get("RUNTIME_DIRECTORY", ""))
@@ -1095,6 +1095,12 @@ def write_init(
     if config_path.exists():
         raise ConfigError(
             f"{config_path}: already exists — edit it, remove it first, or choose another --dir"
+        )
+    if advertise is None and _is_unspecified(bind[0]):
+        raise ConfigError(
+            f"{config_path}: bind {format_address(bind)} listens on every interface — also "
+            f"give the address other nodes reach this one at (meshd init --advertise "
+            f"10.0.0.5:{bind[1]}), or bind to that address"
         )
     secret_path = Path(os.path.abspath(secret_file)) if secret_file is not None else new_secret
     if secret_file is None and new_secret.exists():

@@ -5,19 +5,23 @@ console-script entry point and turns the result into the process exit status.
 Every subcommand handler imports what it needs lazily, so ``meshd --help`` and
 ``meshd --version`` stay fast and never load trio or the simulator.
 
-Only commands that exist are listed. The daemon's own commands are added by
-the issue that builds the daemon, not stubbed here.
+Only commands that exist are listed, never stubs. A
+:class:`~meshd.errors.ConfigError` from any command ends it with exit status
+78 (``ExitStatus.CONFIG``) and its one-line message on stderr, no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from meshd import __version__
 from meshd.cli.exit_codes import ExitStatus
+from meshd.errors import ConfigError
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -26,13 +30,19 @@ meshd joins this host to a leaderless gossip mesh: SWIM failure detection
 with the Lifeguard refinements, infection-style dissemination and push-pull
 anti-entropy.
 
-This build contains the protocol core and its deterministic simulator; the
-networked daemon is not built yet. To watch the protocol at work, run a
-simulated mesh in this process:
+Set up a node:
 
-  meshd demo                  a simulated 5-node mesh
-  meshd demo --nodes 20       a bigger one
-  meshd demo --help           all of the demo's options
+  meshd init --dir /etc/meshd        write meshd.toml and a new cluster secret
+  meshd keygen                       print a new cluster secret
+  meshd check-config FILE            validate a config file, its secret and ports
+
+To watch the protocol at work, run a simulated mesh in this process:
+
+  meshd demo                         a simulated 5-node mesh
+  meshd demo --nodes 20              a bigger one
+  meshd demo --help                  all of the demo's options
+
+'meshd COMMAND --help' describes each command.
 """
 
 _EPILOG = f"""\
@@ -40,6 +50,7 @@ exit status:
   {ExitStatus.OK:<4d} success
   {ExitStatus.ERROR:<4d} the command failed; the message says why
   {ExitStatus.USAGE:<4d} bad command line
+  {ExitStatus.CONFIG:<4d} the configuration is missing or invalid; the message says what to fix
   {ExitStatus.INTERRUPTED:<4d} interrupted (Ctrl-C)
 """
 
@@ -50,7 +61,107 @@ def _demo(args: list[str]) -> int:
     return int(demo.main(args))
 
 
+def _keygen(parser: argparse.ArgumentParser, args: list[str]) -> int:
+    """``meshd keygen``: print a new cluster secret and nothing else."""
+    parser.parse_args(args)
+    from meshd.config import generate_secret
+
+    print(generate_secret())
+    return ExitStatus.OK
+
+
+def _init(parser: argparse.ArgumentParser, args: list[str]) -> int:
+    """``meshd init``: write a config (and a secret) and say what to run next."""
+    options = parser.parse_args(args)
+    from meshd.config import format_address, load_config, write_init
+
+    path = write_init(
+        Path(options.dir),
+        name=options.name,
+        bind=options.bind,
+        seeds=options.seed,
+        secret_file=None if options.secret_file is None else Path(options.secret_file),
+        cluster=options.cluster,
+        advertise=options.advertise,
+    )
+    config = load_config(path, environ={})
+    print(f"wrote {path}")
+    if options.secret_file is None:
+        print(
+            f"wrote {config.cluster.secret_file} (mode 0600): the cluster secret; "
+            "copy it to every node of the cluster"
+        )
+    else:
+        print(f"using the cluster secret in {config.cluster.secret_file}")
+    print(f"state directory: {config.state.dir}")
+    print(f"control socket:  {config.control.socket} (created when meshd runs)")
+    if not config.join.seeds:
+        print(
+            "no seeds: this node starts a new cluster; other nodes join it with "
+            f"--seed {format_address(config.node.advertise)} and a copy of the secret"
+        )
+    print(f"next: meshd run --config {path}")
+    return ExitStatus.OK
+
+
+def _check_config(parser: argparse.ArgumentParser, args: list[str]) -> int:
+    """``meshd check-config``: validate a config, its secret, TLS files and ports."""
+    options = parser.parse_args(args)
+    from meshd.config import check_ports_free, check_tls_files, load_config, read_secret
+
+    config = load_config(options.file)
+    try:
+        read_secret(config.cluster.secret_file)
+    except ConfigError as exc:
+        raise ConfigError(f"{config.path}: {exc}") from None
+    check_tls_files(config)
+    if not options.skip_port_check:
+        check_ports_free(config)
+    print(f"{config.path}: OK")
+    return ExitStatus.OK
+
+
+def _bind_address(text: str) -> tuple[str, int]:
+    """argparse type of ``--bind``/``--advertise``: ``IP:PORT``."""
+    from meshd.config import parse_address
+
+    try:
+        return parse_address(text, dns_names=False)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _seed_address(text: str) -> tuple[str, int]:
+    """argparse type of ``--seed``: ``HOST:PORT``, HOST may be a DNS name."""
+    from meshd.config import parse_address
+
+    try:
+        return parse_address(text, dns_names=True)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 _Handler = Callable[[list[str]], int]
+
+_INIT_EPILOG = """examples:
+  meshd init --dir /etc/meshd --bind 10.0.0.5:7946
+  meshd init --dir /etc/meshd --bind 10.0.0.6:7946 --seed 10.0.0.5:7946 \\
+             --secret-file /etc/meshd/secret
+
+Every node of a cluster needs the same secret: create it once (here or with
+'meshd keygen') and copy it, mode 0600, to the other nodes.
+"""
+
+_KEYGEN_EPILOG = """Store it so that nobody else can read it; meshd refuses a secret file that
+group or others can access:
+
+  (umask 077; meshd keygen > /etc/meshd/secret)
+"""
+
+_CHECK_EPILOG = f"""exit status:
+  {ExitStatus.OK:<4d} the configuration is valid
+  {ExitStatus.CONFIG:<4d} it is not; the message on stderr says what to fix
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"meshd {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    _add_config_commands(commands)
     demo = commands.add_parser(
         "demo",
         help="run a simulated mesh in this process and show membership live",
@@ -79,6 +191,90 @@ def build_parser() -> argparse.ArgumentParser:
     handler: _Handler = _demo
     demo.set_defaults(handler=handler)
     return parser
+
+
+def _add_config_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``init``, ``keygen`` and ``check-config``; each handler re-parses its arguments."""
+    init = commands.add_parser(
+        "init",
+        help="write a configuration (and a new cluster secret) for this node",
+        description=(
+            "Write DIR/meshd.toml, a new cluster secret DIR/secret (mode 0600; unless\n"
+            "--secret-file is given) and the state directory DIR/state. Refuses to\n"
+            "overwrite an existing DIR/meshd.toml."
+        ),
+        epilog=_INIT_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    init.add_argument("--dir", required=True, help="directory to write into (created if missing)")
+    init.add_argument(
+        "--name",
+        help="this node's name in the mesh (default: '<hostname>-<6 hex>', generated on "
+        "first start and kept in the state directory)",
+    )
+    init.add_argument(
+        "--bind",
+        type=_bind_address,
+        default=("127.0.0.1", 7946),
+        metavar="IP:PORT",
+        help="address of the gossip (UDP) and stream (TCP) listeners (default: 127.0.0.1:7946)",
+    )
+    init.add_argument(
+        "--advertise",
+        type=_bind_address,
+        metavar="IP:PORT",
+        help="address other nodes reach this one at (default: --bind; required when "
+        "--bind is 0.0.0.0 or [::])",
+    )
+    init.add_argument(
+        "--seed",
+        type=_seed_address,
+        action="append",
+        default=[],
+        metavar="HOST:PORT",
+        help="a member to join at startup; repeat for more (default: none, start a new cluster)",
+    )
+    init.add_argument(
+        "--secret-file",
+        metavar="FILE",
+        help="use this existing cluster secret instead of writing a new DIR/secret",
+    )
+    init.add_argument(
+        "--cluster", default="meshd", metavar="NAME", help="cluster name (default: meshd)"
+    )
+    init.set_defaults(handler=functools.partial(_init, init))
+
+    keygen = commands.add_parser(
+        "keygen",
+        help="print a new cluster secret",
+        description="Print a new cluster secret (base64 of 32 random bytes) on stdout.",
+        epilog=_KEYGEN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    keygen.set_defaults(handler=functools.partial(_keygen, keygen))
+
+    check = commands.add_parser(
+        "check-config",
+        help="validate a config file, its secret, TLS files and ports",
+        description=(
+            "Validate FILE: every key and value, the cluster secret file (content and\n"
+            "mode 0600), the TLS files in pki mode, and that [node] bind is free for\n"
+            "UDP and TCP. Prints 'FILE: OK' when all is well, else one line on stderr\n"
+            "saying what to fix."
+        ),
+        epilog=_CHECK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    check.add_argument("file", metavar="FILE", help="the configuration file (meshd.toml)")
+    check.add_argument(
+        "--skip-port-check",
+        action="store_true",
+        help="do not try to bind [node] bind (e.g. while the daemon is running)",
+    )
+    check.set_defaults(handler=functools.partial(_check_config, check))
 
 
 def _status_of(exc: SystemExit) -> int:
@@ -119,6 +315,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args[position + 1 :])
     except SystemExit as exc:
         return _status_of(exc)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return ExitStatus.CONFIG
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return ExitStatus.INTERRUPTED

@@ -1,38 +1,612 @@
 """The ``meshctl`` command: the operator's and scripts' view of a running meshd.
 
-It will talk to the daemon over the control socket (JSON Lines on a unix
-socket in meshd's runtime directory). The daemon does not exist yet, so
-``meshctl`` has no commands: it prints its help and version, and says so.
-Commands are added together with the daemon side that answers them.
+``meshctl`` sends one request over the daemon's control socket (JSON Lines on
+a unix socket, :mod:`meshd.control`), prints the answer and exits. It is a
+short-lived process, so it uses a plain blocking socket with a deadline and
+imports neither trio nor the protocol core; ``meshd.config`` is imported
+only when ``--config`` is given.
+
+Data goes to stdout (a table, ``key: value`` lines, or with ``--json`` one
+JSON document ``{"v": 1, ...}``); diagnostics and what to do about them go
+to stderr. The exit statuses are :class:`~meshd.cli.exit_codes.ExitStatus`.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import errno
+import importlib
+import json
+import math
+import os
+import socket
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
 
-from meshd import __version__
+from meshd import __version__, control
 from meshd.cli.exit_codes import ExitStatus
+from meshd.cli.output import columns, printable, width
+from meshd.errors import BadPacket, ConfigError
 
-__all__ = ["build_parser", "main", "run"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "Rendered",
+    "SocketChoice",
+    "build_parser",
+    "call",
+    "connect_failure",
+    "main",
+    "parse_key",
+    "resolve_socket",
+    "run",
+]
+
+#: Seconds to wait for the daemon's answer unless ``--timeout`` says otherwise.
+DEFAULT_TIMEOUT = 5.0
+
+#: Printed with exit status 69: the socket is missing or nobody listens on it.
+HINT_UNAVAILABLE = "is meshd running? (systemctl status meshd, or meshd run --config FILE)"
+#: Printed with exit status 77: the socket (or its directory) is not ours to open.
+HINT_NOPERM = (
+    "add yourself to group meshd (usermod -aG meshd $USER) or use sudo; "
+    "a new group takes effect at your next login"
+)
+#: Printed with a malformed key (usage error).
+HINT_KEY = (
+    "KEY must be 32 random bytes in base64 (44 characters ending in '='), "
+    "or '-' to read it from stdin; generate one with: meshd keygen"
+)
 
 _DESCRIPTION = """\
 meshctl inspects and controls the meshd daemon on this host through its
 local control socket.
 
-Its control commands arrive together with the daemon, which is not built
-yet; this build of meshctl only reports its version. To see the membership
-protocol at work today, run a simulated mesh with:
+  meshctl status              the mesh as this node sees it, with a summary
+  meshctl members --json      every member, for scripts
+  meshctl join 10.0.0.2:7946  contact another node and merge memberships
+  meshctl keys list           gossip keys installed across the mesh
 
-  meshd demo
+The socket is, first found: --socket PATH, $MESHCTL_SOCKET, the
+[control] socket of --config FILE, /run/meshd/meshd.sock if it exists,
+else .meshd/meshd.sock in the current directory.
 """
 
 _EPILOG = f"""\
 exit status:
   {ExitStatus.OK:<4d} success
-  {ExitStatus.USAGE:<4d} bad command line
+  {ExitStatus.ERROR:<4d} the request failed, timed out, or a filter matched nothing
+  {ExitStatus.USAGE:<4d} bad command line (or a malformed KEY)
+  {ExitStatus.UNAVAILABLE:<4d} meshd is not reachable: no socket, or nobody listening on it
+  {ExitStatus.NOPERM:<4d} permission denied on the socket (join group meshd)
+  {ExitStatus.CONFIG:<4d} the --config file could not be read
+  {ExitStatus.INTERRUPTED:<4d} interrupted (Ctrl-C)
 """
+
+_STATUS_LETTERS = {"alive": "A", "suspect": "S", "dead": "D", "left": "L"}
+#: How many names a warning lists before it says "and N more".
+_WARN_NAMES = 10
+
+
+class _Fail(Exception):
+    """End the command: print ``message`` to stderr and exit with ``status``."""
+
+    def __init__(self, status: ExitStatus, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class Rendered(NamedTuple):
+    """What a command prints, and its exit status."""
+
+    out: list[str]
+    err: list[str]
+    status: int = ExitStatus.OK
+
+
+# ---------------------------------------------------------------------------
+# Finding the socket.
+
+
+class SocketChoice(NamedTuple):
+    """The control socket to use and how it was found (for error messages)."""
+
+    path: Path
+    #: ``--socket``, ``$MESHCTL_SOCKET``, ``--config FILE`` or ``default``.
+    source: str
+    #: Other paths looked at on the way (the default's system socket).
+    also_tried: tuple[Path, ...] = ()
+
+
+_ConfigLoader = Callable[[str], Any]
+
+
+def _import_config_loader() -> _ConfigLoader:
+    # Imported here, not at the top: only --config needs it, and meshctl
+    # --help/--version must not pay for the config module's imports.
+    try:
+        config = importlib.import_module("meshd.config")
+    except ImportError as exc:
+        raise _Fail(ExitStatus.ERROR, f"this meshctl cannot read config files: {exc}") from None
+    loader: _ConfigLoader = config.load_config
+    return loader
+
+
+def resolve_socket(
+    *,
+    socket_flag: str | None,
+    config_flag: str | None,
+    environ: Mapping[str, str],
+    load_config: _ConfigLoader | None = None,
+    cwd: Path | None = None,
+) -> SocketChoice:
+    """Pick the control socket: ``--socket``, ``$MESHCTL_SOCKET``, ``--config``, default.
+
+    Args:
+        socket_flag: the ``--socket`` value, if given.
+        config_flag: the ``--config`` value, if given.
+        environ: the environment (``os.environ``).
+        load_config: ``meshd.config.load_config`` (injectable for tests);
+            ``load_config(FILE).control.socket`` is the socket path.
+        cwd: directory for the local default socket (default: the current one).
+
+    Returns:
+        The chosen path and where it came from.
+
+    Raises:
+        _Fail: the config file could not be read (exit status 78).
+    """
+    if socket_flag:
+        return SocketChoice(Path(socket_flag), "--socket")
+    from_env = environ.get(control.SOCKET_ENV)
+    if from_env:
+        return SocketChoice(Path(from_env), f"${control.SOCKET_ENV}")
+    if config_flag is not None:
+        loader = _import_config_loader() if load_config is None else load_config
+        # load_config raises ConfigError for every problem it knows about;
+        # OSError/ValueError are a safety net for one it lets through.
+        try:
+            config = loader(config_flag)
+        except (ConfigError, OSError, ValueError) as exc:
+            # ConfigError messages start with the file's path and say what to do.
+            raise _Fail(ExitStatus.CONFIG, f"--config: {exc}") from None
+        return SocketChoice(Path(config.control.socket), f"--config {config_flag}")
+    path = control.default_socket_path(cwd=cwd)
+    also = () if path == control.SYSTEM_SOCKET else (control.SYSTEM_SOCKET,)
+    return SocketChoice(path, "default", also)
+
+
+# ---------------------------------------------------------------------------
+# Talking to the daemon.
+
+_UNAVAILABLE_REASONS = {
+    errno.ENOENT: "no socket there",
+    errno.ECONNREFUSED: "connection refused (a stale socket: nobody is listening)",
+    errno.ENOTDIR: "a component of the path is not a directory",
+    errno.ENOTSOCK: "the path is not a socket",
+}
+_NOPERM_ERRNOS = {errno.EACCES, errno.EPERM}
+
+
+def connect_failure(exc: OSError, choice: SocketChoice) -> tuple[ExitStatus, str]:
+    """The exit status and message for a failed ``connect`` to the control socket.
+
+    Args:
+        exc: what ``socket.connect`` raised.
+        choice: the socket tried.
+
+    Returns:
+        ``(UNAVAILABLE, ...)`` for a missing socket or a refused connection,
+        ``(NOPERM, ...)`` for EACCES/EPERM, ``(ERROR, ...)`` for anything else.
+    """
+    tried = f"socket tried: {choice.path}"
+    if choice.also_tried:
+        tried += f" (also looked for {', '.join(map(str, choice.also_tried))})"
+    elif choice.source != "default":
+        tried += f" (from {choice.source})"
+    if exc.errno in _NOPERM_ERRNOS:
+        return ExitStatus.NOPERM, (
+            f"permission denied on the meshd control socket {choice.path}\n{HINT_NOPERM}"
+        )
+    reason = _UNAVAILABLE_REASONS.get(exc.errno) if exc.errno is not None else None
+    if reason is not None:
+        return ExitStatus.UNAVAILABLE, (
+            f"cannot connect to meshd: {reason}\n{HINT_UNAVAILABLE}; {tried}"
+        )
+    return ExitStatus.ERROR, f"cannot connect to meshd: {exc.strerror or exc}; {tried}"
+
+
+def _read_line(sock: socket.socket, deadline: float) -> bytes:
+    """Read up to and including the first ``b"\\n"``, at most ``MAX_LINE`` bytes."""
+    buffer = bytearray()
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        sock.settimeout(remaining)
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise _Fail(ExitStatus.ERROR, "meshd closed the connection without answering")
+        end = chunk.find(b"\n")
+        buffer += chunk if end < 0 else chunk[: end + 1]
+        if len(buffer) > control.MAX_LINE:
+            raise _Fail(ExitStatus.ERROR, f"meshd's answer is longer than {control.MAX_LINE} bytes")
+        if end >= 0:
+            return bytes(buffer)
+
+
+def call(choice: SocketChoice, cmd: str, args: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+    """Send one request and return the result of a successful response.
+
+    Args:
+        choice: the control socket.
+        cmd: the command name.
+        args: its arguments.
+        timeout: seconds for the whole exchange, connect included.
+
+    Returns:
+        The response's ``result`` object.
+
+    Raises:
+        _Fail: unreachable (69), permission denied (77), a timeout, a
+            malformed answer or an error response (1).
+    """
+    deadline = time.monotonic() + timeout
+    request_id = 1
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            try:
+                sock.connect(str(choice.path))
+            except TimeoutError:
+                raise
+            except OSError as exc:
+                raise _Fail(*connect_failure(exc, choice)) from None
+            sock.sendall(control.encode_request(request_id, cmd, args))
+            line = _read_line(sock, deadline)
+        except TimeoutError:
+            raise _Fail(
+                ExitStatus.ERROR,
+                f"meshd did not answer {cmd!r} within {timeout:g}s (socket {choice.path}); "
+                "it may be overloaded or stuck: check its log (journalctl -u meshd), "
+                "or retry with a longer --timeout",
+            ) from None
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise _Fail(
+                ExitStatus.ERROR, f"meshd closed the connection: {exc.strerror or exc}"
+            ) from None
+        except OSError as exc:
+            raise _Fail(
+                ExitStatus.ERROR, f"talking to meshd failed: {exc.strerror or exc}"
+            ) from None
+    try:
+        response = control.decode_response_untrusted(line)
+    except BadPacket as exc:
+        raise _Fail(ExitStatus.ERROR, f"meshd sent a malformed answer: {exc}") from None
+    if response["id"] not in (request_id, None):
+        raise _Fail(ExitStatus.ERROR, f"meshd answered request {response['id']}, not {request_id}")
+    if not response["ok"]:
+        raise _Fail(ExitStatus.ERROR, _error_message(cmd, response["error"]))
+    result: dict[str, Any] = response["result"]
+    return result
+
+
+def _error_message(cmd: str, error: Mapping[str, str]) -> str:
+    message = f"{cmd} failed: {printable(error['message'])}"
+    code = error["code"]
+    if code == control.UNSUPPORTED_VERSION:
+        message += (
+            f"\nmeshctl {__version__} speaks control protocol v{control.PROTOCOL_VERSION}; "
+            "install the same meshd and meshctl version"
+        )
+    elif code == control.UNKNOWN_COMMAND:
+        message += f"\nthis meshd is older than meshctl {__version__}; upgrade meshd"
+    elif code == control.BAD_REQUEST:
+        message += "\nmeshd did not understand meshctl's request; are they the same version?"
+    return message
+
+
+# ---------------------------------------------------------------------------
+# Rendering results.
+
+
+def _tags(tags: Mapping[str, str]) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(tags.items()))
+
+
+def _names(members: Sequence[Mapping[str, Any]]) -> str:
+    shown = [f"{m['name']} ({m['status']})" for m in members[:_WARN_NAMES]]
+    if len(members) > _WARN_NAMES:
+        shown.append(f"and {len(members) - _WARN_NAMES} more")
+    return ", ".join(shown)
+
+
+def _duration(seconds: float) -> str:
+    left = int(seconds)
+    parts: list[str] = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if left >= size or parts:
+            parts.append(f"{left // size}{unit}")
+            left %= size
+    parts.append(f"{left}s")
+    return " ".join(parts)
+
+
+def _by_name(members: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return sorted(members, key=lambda m: str(m["name"]))
+
+
+def render_status(result: Mapping[str, Any]) -> Rendered:
+    """``meshctl status`` as text: nodetool-style header, legend, table, footer, advice."""
+    members = _by_name(result["members"])
+    counts = result["counts"]
+    key = result["key_fingerprint"] or "none"
+    header = printable(
+        f"Mesh: {result['cluster']}  self={result['self']}  members={len(members)}  key={key}"
+    )
+    rows: list[Sequence[object]] = [("--", "Name", "Address", "Inc", "Tags")]
+    for m in members:
+        letter = _STATUS_LETTERS.get(m["status"], "?")
+        rows.append((letter, m["name"], m["addr"], int(m["incarnation"]), _tags(m["tags"]) or "--"))
+    out = [header, "=" * width(header), "Status=Alive/Suspect/Dead/Left", *columns(rows)]
+    out.append(
+        f"Alive:{int(counts['alive'])} / Suspect:{int(counts['suspect'])} / "
+        f"Dead:{int(counts['dead'])} / Left:{int(counts['left'])}"
+    )
+    troubled = [m for m in members if m["status"] in ("suspect", "dead")]
+    if troubled:
+        out.append(
+            printable(
+                f"WARNING: {len(troubled)} member(s) not alive: {_names(troubled)}. "
+                "On those hosts check `systemctl status meshd`; from this host check that "
+                "their address is reachable over UDP and TCP (firewall, routing)."
+            )
+        )
+    health = int(result["health"])
+    if health > 0:
+        out.append(
+            f"Note: this node's health score is {health} (0 is healthy): it is missing acks "
+            "from peers, so it may be overloaded or losing packets; it probes more slowly "
+            "until that clears."
+        )
+    return Rendered(out, [])
+
+
+def render_members(result: Mapping[str, Any]) -> Rendered:
+    """``meshctl members`` as text: serf-style ``name addr status tags``, no header."""
+    rows = [(m["name"], m["addr"], m["status"], _tags(m["tags"])) for m in result["members"]]
+    return Rendered(columns(rows), [])
+
+
+_INFO_FIELDS = (
+    "name",
+    "version",
+    "cluster",
+    "address",
+    "incarnation",
+    "health",
+    "uptime_s",
+    "members",
+    "config_path",
+    "state_dir",
+    "primary_key",
+    "key_fingerprints",
+    "tls_ca",
+)
+
+
+def _info_value(value: object) -> str:
+    if value is None or value == "" or value == []:
+        return "--"
+    if isinstance(value, list):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def render_info(result: Mapping[str, Any]) -> Rendered:
+    """``meshctl info`` as ``key: value`` lines; counters indented below ``counters:``."""
+    out = []
+    for key in _INFO_FIELDS:
+        value = result[key]
+        if key == "uptime_s":
+            out.append(f"uptime: {_duration(float(value))}")
+        else:
+            out.append(printable(f"{key}: {_info_value(value)}"))
+    counters = result["counters"]
+    out.append("counters:" if counters else "counters: --")
+    out += [printable(f"  {name}: {counters[name]}") for name in sorted(counters)]
+    return Rendered(out, [])
+
+
+def _failures(result: Mapping[str, Any]) -> list[str]:
+    failed: Mapping[str, str] = result["failed"]
+    return [printable(f"{node}: {reason}") for node, reason in sorted(failed.items())]
+
+
+def render_keys(result: Mapping[str, Any], op: str) -> Rendered:
+    """``meshctl keys ...`` as text. Only fingerprints are ever printed, never keys."""
+    failures = _failures(result)
+    if op == "list":
+        responded = int(result["responded"])
+        keys = sorted(result["keys"], key=lambda k: (not k["primary"], str(k["fingerprint"])))
+        rows: list[Sequence[object]] = [("Fingerprint", "Primary", "Members")]
+        rows += [
+            (k["fingerprint"], "yes" if k["primary"] else "no", f"{int(k['members'])}/{responded}")
+            for k in keys
+        ]
+        out = columns(rows)
+        advice = "the list covers only the nodes that answered"
+    else:
+        done = {"install": "installed", "use": "now using", "remove": "removed"}[op]
+        fingerprint = printable(str(result["fingerprint"]))
+        out = [f"{done} key {fingerprint} on {int(result['succeeded'])} node(s)"]
+        advice = f"repeat 'meshctl keys {op}' once they are reachable"
+    if not failures:
+        return Rendered(out, [])
+    err = [f"{len(failures)} node(s) did not complete 'keys {op}':", *failures, advice]
+    return Rendered(out, err, ExitStatus.ERROR)
+
+
+def render_join(result: Mapping[str, Any], addresses: Sequence[str]) -> Rendered:
+    """``meshctl join`` as text; failed addresses go to stderr (success if any joined)."""
+    joined = [str(a) for a in result["joined"]]
+    out = [printable(f"joined {len(joined)} of {len(addresses)}: {', '.join(joined) or '--'}")]
+    failures = _failures(result)
+    err = [f"could not join {line}" for line in failures]
+    return Rendered(out, err, ExitStatus.OK if joined else ExitStatus.ERROR)
+
+
+def render_leave(result: Mapping[str, Any]) -> Rendered:
+    """``meshctl leave`` as text."""
+    if result.get("left") is not True:
+        return Rendered([], ["meshd did not confirm that it left"], ExitStatus.ERROR)
+    return Rendered(["left the mesh; meshd is shutting down"], [])
+
+
+def _json_document(result: Mapping[str, Any]) -> str:
+    document: dict[str, Any] = {"v": control.PROTOCOL_VERSION}
+    document.update((k, v) for k, v in result.items() if k != "v")
+    return json.dumps(document, indent=2, ensure_ascii=True)
+
+
+# ---------------------------------------------------------------------------
+# Commands: what to send, how to show the answer.
+
+
+def parse_key(text: str, *, stdin: Any = None) -> str:
+    """Check a gossip key given on the command line and return it in canonical base64.
+
+    Args:
+        text: the ``KEY`` argument; ``-`` reads one line from ``stdin``.
+        stdin: where ``-`` reads from (default: ``sys.stdin``).
+
+    Returns:
+        Standard base64 of the 32 key bytes.
+
+    Raises:
+        ValueError: not base64 of exactly 32 bytes; the message never
+            contains the key.
+    """
+    if text == "-":
+        text = (sys.stdin if stdin is None else stdin).readline()
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError(HINT_KEY)
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _request(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The command name and arguments to send for the parsed command line."""
+    if ns.command == "join":
+        return "join", {"addresses": list(ns.addresses)}
+    if ns.command == "keys":
+        if ns.op == "list":
+            return "keys", {"op": "list"}
+        try:
+            key = parse_key(ns.key)
+        except ValueError as exc:
+            parser: argparse.ArgumentParser = ns.subparser
+            parser.error(str(exc))  # exits with status 2
+        return "keys", {"op": ns.op, "key": key}
+    return ns.command, {}
+
+
+def _render(ns: argparse.Namespace, result: Mapping[str, Any]) -> Rendered:
+    """The output for ``result``, as text or JSON per ``--json``."""
+    if ns.command == "members" and ns.status:
+        wanted = set(ns.status)
+        result = {**result, "members": [m for m in result["members"] if m["status"] in wanted]}
+        if not result["members"]:
+            nothing = f"no member has status {' or '.join(sorted(wanted))}"
+            out = [_json_document(result)] if getattr(ns, "json", False) else []
+            return Rendered(out, [nothing], ExitStatus.ERROR)
+    if getattr(ns, "json", False):
+        return Rendered([_json_document(result)], [])
+    if ns.command == "status":
+        return render_status(result)
+    if ns.command == "members":
+        return render_members(result)
+    if ns.command == "info":
+        return render_info(result)
+    if ns.command == "join":
+        return render_join(result, ns.addresses)
+    if ns.command == "leave":
+        return render_leave(result)
+    return render_keys(result, ns.op)
+
+
+# ---------------------------------------------------------------------------
+# The command line.
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _nonempty(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def _add_connection_flags(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """``--socket/--config/--timeout``, accepted before and after the command.
+
+    On subcommands the defaults are SUPPRESS, so a flag given before the
+    command is not reset by the subcommand's parser.
+    """
+    group = parser.add_argument_group("connection")
+    default: Callable[[object], object] = (lambda v: v) if top else (lambda v: argparse.SUPPRESS)
+    group.add_argument(
+        "--socket",
+        metavar="PATH",
+        type=_nonempty,
+        default=default(None),
+        help=f"control socket of meshd (env {control.SOCKET_ENV})",
+    )
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        type=_nonempty,
+        default=default(None),
+        help="meshd config file; its [control] socket is used",
+    )
+    group.add_argument(
+        "--timeout",
+        metavar="SECS",
+        type=_positive_seconds,
+        default=default(DEFAULT_TIMEOUT),
+        help=f"seconds to wait for meshd (default {DEFAULT_TIMEOUT:g})",
+    )
+
+
+def _subparser(
+    commands: Any, name: str, help_text: str, *, json_flag: bool = False
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name, help=help_text, description=help_text, allow_abbrev=False
+    )
+    if json_flag:
+        parser.add_argument(
+            "--json", action="store_true", help='print one JSON document {"v": 1, ...}'
+        )
+    _add_connection_flags(parser, top=False)
+    parser.set_defaults(subparser=parser)
+    return parser
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +619,54 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"meshctl {__version__}")
+    _add_connection_flags(parser, top=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+
+    _subparser(commands, "status", "the mesh as this node sees it, with a summary", json_flag=True)
+    members = _subparser(
+        commands, "members", "list members (name, address, status, tags)", json_flag=True
+    )
+    members.add_argument(
+        "--status",
+        action="append",
+        choices=control.MEMBER_STATUSES,
+        help="only members with this status (repeat for several); none matching exits 1",
+    )
+    _subparser(commands, "info", "this node: version, uptime, keys, counters", json_flag=True)
+    join = _subparser(commands, "join", "contact other nodes and merge their membership")
+    join.add_argument("addresses", nargs="+", metavar="ADDR", help="host:port of a mesh node")
+    _subparser(commands, "leave", "leave the mesh gracefully; meshd then exits")
+
+    keys = _subparser(commands, "keys", "gossip keys across the mesh: list|install|use|remove")
+    ops = keys.add_subparsers(dest="op", metavar="OP", title="operations", required=True)
+    _subparser(
+        ops, "list", "fingerprints of installed keys and how many nodes have each", json_flag=True
+    )
+    for op, help_text in (
+        ("install", "install KEY on every node (it can then decrypt with it)"),
+        ("use", "make the installed KEY primary on every node (it then encrypts with it)"),
+        ("remove", "remove KEY from every node (not the primary)"),
+    ):
+        sub = _subparser(ops, op, help_text)
+        sub.add_argument(
+            "key", metavar="KEY", help="base64 of 32 bytes (meshd keygen), or - for stdin"
+        )
     return parser
+
+
+def _status_of(exc: SystemExit) -> int:
+    """The exit status carried by a ``SystemExit`` (argparse raises it)."""
+    if exc.code is None:
+        return ExitStatus.OK
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return ExitStatus.ERROR
+
+
+def _print(lines: Iterable[str], stream: Any, prefix: str = "") -> None:
+    for line in lines:
+        print(f"{prefix}{line}", file=stream)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -60,17 +681,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        parser.parse_args(args)
+        ns = parser.parse_args(args)
+        if ns.command is None:
+            parser.print_help(sys.stderr)
+            return ExitStatus.USAGE
+        cmd, request_args = _request(ns)
+        choice = resolve_socket(socket_flag=ns.socket, config_flag=ns.config, environ=os.environ)
+        result = call(choice, cmd, request_args, timeout=ns.timeout)
+        try:
+            rendered = _render(ns, result)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise _Fail(
+                ExitStatus.ERROR,
+                f"meshd's {cmd} answer lacks or mistypes {exc}; "
+                "are meshd and meshctl the same version? (--json shows the raw answer)",
+            ) from None
+        _print(rendered.out, sys.stdout)
+        _print(rendered.err, sys.stderr, "meshctl: ")
+        return rendered.status
+    except _Fail as fail:
+        _print(fail.message.splitlines(), sys.stderr, "meshctl: ")
+        return fail.status
     except SystemExit as exc:
-        if exc.code is None or isinstance(exc.code, int):
-            return exc.code or ExitStatus.OK
-        print(exc.code, file=sys.stderr)
-        return ExitStatus.ERROR
-    # Nothing to do without a command: show what exists and fail as usage.
-    parser.print_help(sys.stderr)
-    return ExitStatus.USAGE
+        return _status_of(exc)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return ExitStatus.INTERRUPTED
 
 
 def run() -> None:
     """Console-script entry point: ``sys.exit(main())``."""
-    sys.exit(main())
+    try:
+        status = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # `meshctl members | head -1`: the reader left; say nothing more.
+        # Point stdout at /dev/null so the interpreter's final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = ExitStatus.ERROR
+    sys.exit(status)

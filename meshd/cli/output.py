@@ -54,7 +54,8 @@ def columns(rows: Iterable[Sequence[object]], *, gap: int = 2) -> list[str]:
             if i == len(widths):
                 widths.append(0)
             widths[i] = max(widths[i], width(cell))
-    return [
-        (" " * gap).join(cell + " " * (widths[i] - width(cell)) for i, cell in enumerate(row)).rstrip()
-        for row in table
-    ]
+    lines = []
+    for row in table:
+        padded = (cell + " " * (widths[i] - width(cell)) for i, cell in enumerate(row))
+        lines.append((" " * gap).join(padded).rstrip())
+    return lines

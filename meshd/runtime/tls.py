@@ -881,13 +881,9 @@ def _decode_node_uri(uri: str) -> str | None:
 
 
 def _uri_node_ids(cert: x509.Certificate) -> list[str]:
-    return sorted(
-        {
-            str(_decode_node_uri(u))
-            for u in _san_uris(cert)
-            if u.startswith(NODE_URI_PREFIX)
-        }
-    )
+    """Every node URI's id (or, if it does not decode, the URI itself), for messages."""
+    uris = [u for u in _san_uris(cert) if u.startswith(NODE_URI_PREFIX)]
+    return sorted({_decode_node_uri(u) or u for u in uris})
 
 
 def _san_uris(cert: x509.Certificate) -> list[str]:

@@ -1,0 +1,907 @@
+"""The daemon: a trio shell that performs the NodeCore's I/O.
+
+Theory of operation. One :class:`Daemon` owns one nursery with these tasks,
+each started with ``nursery.start`` so the daemon is ready only when all of
+them are:
+
+* the **datagram loop** receives UDP packets, opens the AES-256-GCM envelope
+  (``core/crypto.py``), drops replays through the per-sender window, and feeds
+  the compound to the core;
+* the **sender** drains a bounded queue of sealed datagrams to the socket;
+  a full queue drops and counts instead of blocking the protocol;
+* the **timer** sleeps until ``core.next_deadline()`` (or until an input
+  moved it) and feeds ``Tick``;
+* the **stream server** accepts TCP connections, runs the mutual-TLS 1.3
+  handshake, checks that the authenticated node id matches what the frame
+  claims, and answers one frame per connection;
+* the **control server** answers ``meshctl`` on a unix socket (JSON lines);
+* the **seed joiner** joins the configured seeds, retrying until one answers.
+
+Every core output is performed by :meth:`Daemon._perform`: datagrams are
+sealed and queued, stream requests become short-lived tasks with a deadline
+on connect, handshake and exchange, replies go back to the waiting
+connection, events are logged and handed to waiters.
+
+Rule 1: only this package imports trio; the core never waits. Every network
+operation has a deadline (``membership.tcp_timeout`` for streams).
+
+Rule 2: bytes from the network never raise out of a loop: each failure is a
+counter (see :attr:`Daemon.counters`) and, at debug level, a log line.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import json
+import logging
+import math
+import os
+import random
+import signal
+import socket as stdlib_socket
+import ssl
+import struct
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import attrs
+import msgpack
+import trio
+
+from meshd import __version__, control
+from meshd.config import Config, format_address, parse_address
+from meshd.core import codec, crypto
+from meshd.core.inputs import (
+    Input,
+    JoinRequested,
+    LeaveRequested,
+    MetadataChanged,
+    PacketReceived,
+    StreamReceived,
+    StreamResult,
+    Tick,
+)
+from meshd.core.keyring import Keyring, fingerprint
+from meshd.core.messages import KeyOp, KeyOpResult, Ping, PushPull
+from meshd.core.node import STREAM_REFUSED, NodeCore
+from meshd.core.outputs import (
+    Event,
+    JoinFailed,
+    JoinSucceeded,
+    LeaveCompleted,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberReaped,
+    MemberRecovered,
+    MemberSuspected,
+    MemberUpdated,
+    OpenStream,
+    Output,
+    PacketRejected,
+    ReplyStream,
+    SendPacket,
+)
+from meshd.core.types import Address, Member, MemberState, NodeId
+from meshd.errors import BadPacket, ConfigError, MeshError
+from meshd.runtime import tls
+from meshd.runtime.framing import FrameError, receive_frame, send_frame
+
+__all__ = ["Daemon", "encode_tags", "decode_tags", "load_keyring", "save_keyring"]
+
+log = logging.getLogger("meshd")
+
+_PLAIN_HEADER = bytes([codec.WIRE_VERSION, codec.ENVELOPE_PLAIN])
+_RECV_SIZE = 65536
+#: Datagrams waiting for the socket; beyond this they are dropped and counted.
+_SEND_QUEUE = 1024
+#: Concurrent inbound stream connections (memberlist allows 128 push-pulls).
+_MAX_INBOUND_STREAMS = 128
+#: Concurrent control connections.
+_MAX_CONTROL_CONNECTIONS = 32
+_CONTROL_TIMEOUT = 30.0
+
+
+def encode_tags(tags: dict[str, str]) -> bytes:
+    """Node tags as metadata bytes: a msgpack map, keys sorted (stable bytes)."""
+    if not tags:
+        return b""
+    packed: bytes = msgpack.packb(dict(sorted(tags.items())), use_bin_type=True)
+    return packed
+
+
+def decode_tags(meta: bytes) -> dict[str, str]:
+    """Best-effort inverse of :func:`encode_tags` for display; {} if not tags."""
+    if not meta:
+        return {}
+    try:
+        value = msgpack.unpackb(meta, raw=False)
+    except Exception:  # metadata is opaque bytes to the protocol
+        return {}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    return {}
+
+
+def load_keyring(path: Path, secret: bytes) -> Keyring:
+    """The persisted keyring, or a new one holding only the cluster secret."""
+    try:
+        raw = json.loads(path.read_text())
+        keys = [base64.b64decode(k, validate=True) for k in raw["keys"]]
+        primary = base64.b64decode(raw["primary"], validate=True)
+        return Keyring(keys, primary=primary)
+    except FileNotFoundError:
+        return Keyring([secret])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(
+            f"keyring file {path} is unreadable or corrupt ({e}); move it away to start "
+            "again from the cluster secret"
+        ) from None
+
+
+def save_keyring(path: Path, keyring: Keyring) -> None:
+    """Write the keyring atomically, mode 0600."""
+    data = json.dumps(
+        {
+            "primary": base64.b64encode(keyring.primary).decode(),
+            "keys": [base64.b64encode(k).decode() for k in keyring.keys],
+        }
+    ).encode()
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+@attrs.define(eq=False)
+class _Waiter:
+    """An event the control server waits for (join results, leave)."""
+
+    match: Callable[[Event], bool]
+    event: trio.Event = attrs.field(factory=trio.Event)
+    result: Event | None = None
+
+
+class Daemon:
+    """One meshd node on the network.
+
+    Args:
+        config: the validated configuration.
+        node_id: this node's persistent id.
+        secret: the cluster secret (seeds the keyring and the TLS CA).
+    """
+
+    def __init__(self, config: Config, *, node_id: str, secret: bytes) -> None:
+        self.config = config
+        self.node_id = NodeId(node_id)
+        self.cluster = config.cluster.name
+        state_dir = config.state.dir
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._keyring_path = state_dir / "keyring.json"
+        self.keyring = load_keyring(self._keyring_path, secret)
+        if config.tls.mode == "pki":
+            assert config.tls.ca_file and config.tls.cert_file and config.tls.key_file
+            self.tls = tls.pki_identity(
+                config.tls.ca_file, config.tls.cert_file, config.tls.key_file, node_id
+            )
+        else:
+            from datetime import UTC, datetime
+
+            self.tls = tls.derived_identity(
+                secret, self.cluster, node_id, state_dir, now=datetime.now(UTC)
+            )
+        self._server_ctx = tls.server_context(self.tls)
+        self._client_ctx = tls.client_context(self.tls)
+        self.meta = encode_tags(dict(config.node.tags))
+        self.counters: Counter[str] = Counter()
+        # Replay protection: a random 64-bit boot epoch identifies this
+        # process; receivers keep one window per epoch (see core/crypto.py).
+        self._epoch = int.from_bytes(os.urandom(8), "big")
+        self._counter = 0
+        self._replay = crypto.ReplayGuard()
+        self._core: NodeCore | None = None
+        self._udp: trio.socket.SocketType | None = None
+        self._send_in, self._send_out = trio.open_memory_channel[tuple[bytes, Address]](_SEND_QUEUE)
+        self._wake = trio.Event()
+        self._replies: dict[int, bytes | None] = {}
+        self._conn_ids = 0
+        self._waiters: list[_Waiter] = []
+        self._joined = trio.Event()
+        self._left = trio.Event()
+        self._stop = trio.Event()
+        self._started_at = time.monotonic()
+        self._nursery: trio.Nursery | None = None
+        self._stream_slots = trio.Semaphore(_MAX_INBOUND_STREAMS)
+
+    # ================================================================ life cycle
+
+    @property
+    def core(self) -> NodeCore:
+        assert self._core is not None, "daemon not started"
+        return self._core
+
+    async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind, start every task, report ready, and run until stopped.
+
+        Raises:
+            ConfigError: a socket could not be bound (port in use, bad address).
+        """
+        host, port = self.config.node.bind
+        udp = trio.socket.socket(_family(host), stdlib_socket.SOCK_DGRAM)
+        try:
+            await udp.bind((host, port))
+        except OSError as e:
+            udp.close()
+            raise ConfigError(f"[node] bind {host}:{port}: cannot bind UDP ({e.strerror})") from None
+        self._udp = udp
+        try:
+            listeners = await trio.open_tcp_listeners(port, host=host)
+        except OSError as e:
+            udp.close()
+            raise ConfigError(f"[node] bind {host}:{port}: cannot bind TCP ({e.strerror})") from None
+        control_listener = await self._bind_control_socket()
+        self._core = NodeCore(
+            node_id=self.node_id,
+            address=self.config.node.advertise,
+            config=self.config.membership,
+            rng=random.Random(),
+            now=trio.current_time(),
+            meta=self.meta,
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await nursery.start(self._datagram_loop)
+                await nursery.start(self._sender)
+                await nursery.start(self._timer)
+                await nursery.start(self._serve_streams, listeners)
+                await nursery.start(self._serve_control, control_listener)
+                await nursery.start(self._join_seeds)
+                log.info(
+                    "meshd %s: node %s listening on %s (cluster %s, key %s)",
+                    __version__,
+                    self.node_id,
+                    format_address(self.config.node.bind),
+                    self.cluster,
+                    self.keyring.fingerprint(self.keyring.primary),
+                )
+                task_status.started(self)
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            udp.close()
+            with trio.CancelScope(shield=True):
+                for listener in [*listeners, control_listener]:
+                    await listener.aclose()
+            try:
+                self.config.control.socket.unlink()
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        """Stop at once, without a leave (the others will detect a failure)."""
+        self._stop.set()
+
+    async def leave(self) -> None:
+        """Leave gracefully: broadcast the leave, wait until it spread, stop."""
+        if self._core is not None and not self._left.is_set():
+            log.info("leaving the mesh")
+            self._feed(LeaveRequested())
+            limit = self.config.membership.leave_timeout + 1.0
+            with trio.move_on_after(limit):
+                await self._left.wait()
+        self.stop()
+
+    def reload(self, config: Config) -> list[str]:
+        """Apply what can change without a restart; return what could not."""
+        ignored = []
+        for section in ("cluster", "tls", "state", "control"):
+            if getattr(config, section) != getattr(self.config, section):
+                ignored.append(f"[{section}]")
+        if config.node.bind != self.config.node.bind or config.node.advertise != self.config.node.advertise:
+            ignored.append("[node] bind/advertise")
+        if config.node.name not in (None, self.node_id):
+            ignored.append("[node] name")
+        if config.membership != self.config.membership:
+            ignored.append("[membership]")
+        logging.getLogger().setLevel(config.log.level.upper())
+        meta = encode_tags(dict(config.node.tags))
+        if meta != self.meta:
+            try:
+                self._feed(MetadataChanged(meta))
+                self.meta = meta
+                log.info("published new tags")
+            except MeshError as e:
+                ignored.append(f"[node] tags ({e})")
+        self.config = attrs.evolve(
+            self.config, join=config.join, log=config.log, node=attrs.evolve(self.config.node, tags=config.node.tags)
+        )
+        return ignored
+
+    # ================================================================ the core
+
+    def _feed(self, inp: Input) -> list[Output]:
+        outputs = self.core.handle(inp, trio.current_time())
+        for out in outputs:
+            self._perform(out)
+        self._wake.set()
+        return outputs
+
+    def _perform(self, out: Output) -> None:
+        if isinstance(out, SendPacket):
+            self._queue_datagram(out)
+        elif isinstance(out, OpenStream):
+            assert self._nursery is not None
+            self._nursery.start_soon(self._open_stream, out)
+        elif isinstance(out, ReplyStream):
+            self._replies[out.conn_id] = out.data
+        else:
+            self._on_event(out)
+
+    def _on_event(self, ev: Event) -> None:
+        if isinstance(ev, MemberJoined):
+            log.info("member %s joined (%s)", ev.member.node_id, _addr(ev.member.address))
+        elif isinstance(ev, MemberSuspected):
+            log.info("member %s suspected by %s", ev.member.node_id, ev.accuser)
+        elif isinstance(ev, MemberRecovered):
+            log.info("member %s refuted its suspicion", ev.member.node_id)
+        elif isinstance(ev, MemberFailed):
+            log.info("member %s failed (declared by %s)", ev.member.node_id, ev.accuser)
+        elif isinstance(ev, MemberLeft):
+            log.info("member %s left", ev.member.node_id)
+        elif isinstance(ev, MemberUpdated):
+            log.info("member %s updated its tags", ev.member.node_id)
+        elif isinstance(ev, MemberReaped):
+            log.info("member %s reaped", ev.member.node_id)
+        elif isinstance(ev, PacketRejected):
+            self.counters[f"rejected_{_reason_key(ev.reason)}"] += 1
+            log.debug("rejected bytes from %s: %s", _addr(ev.source), ev.reason)
+        elif isinstance(ev, JoinSucceeded):
+            log.info("joined through %s (%d members)", _addr(ev.address), ev.members)
+            self._joined.set()
+        elif isinstance(ev, JoinFailed):
+            log.warning("join through %s failed: %s", _addr(ev.address), ev.error)
+        elif isinstance(ev, LeaveCompleted):
+            self._left.set()
+        for w in self._waiters:
+            if not w.event.is_set() and w.match(ev):
+                w.result = ev
+                w.event.set()
+
+    async def _timer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            deadline = self.core.next_deadline()
+            self._wake = trio.Event()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._wake.wait()
+            if deadline is not None and trio.current_time() >= deadline:
+                self._feed(Tick())
+
+    # ================================================================ datagrams
+
+    def _queue_datagram(self, out: SendPacket) -> None:
+        data = out.data
+        if data[:2] != _PLAIN_HEADER:  # the core only emits plain packets
+            self.counters["send_malformed"] += 1
+            return
+        self._counter += 1
+        sealed = crypto.seal(
+            self.keyring,
+            self.cluster,
+            data[2:],
+            epoch=self._epoch,
+            counter=self._counter,
+            nonce=os.urandom(crypto.NONCE_SIZE),
+        )
+        try:
+            self._send_in.send_nowait((sealed, out.address))
+        except trio.WouldBlock:
+            self.counters["send_queue_full"] += 1
+
+    async def _sender(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        assert self._udp is not None
+        task_status.started()
+        async for data, address in self._send_out:
+            try:
+                await self._udp.sendto(data, address)
+                self.counters["packets_sent"] += 1
+                self.counters["bytes_sent"] += len(data)
+            except OSError as e:
+                self.counters["send_errors"] += 1
+                log.debug("send to %s failed: %s", _addr(address), e)
+
+    async def _datagram_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        assert self._udp is not None
+        udp = self._udp
+        task_status.started()
+        while True:
+            try:
+                data, source = await udp.recvfrom(_RECV_SIZE)
+            except OSError as e:  # e.g. ICMP port unreachable surfacing on Linux
+                self.counters["receive_errors"] += 1
+                log.debug("receive failed: %s", e)
+                continue
+            self.counters["packets_received"] += 1
+            self.counters["bytes_received"] += len(data)
+            try:
+                opened = crypto.open_untrusted(self.keyring, self.cluster, data)
+            except BadPacket:
+                self.counters["rejected_undecryptable"] += 1
+                continue
+            verdict = self._replay.check_and_update(opened.epoch, opened.epoch, opened.counter)
+            if verdict is not crypto.Verdict.ACCEPT:
+                self.counters[f"rejected_{verdict.name.lower()}"] += 1
+                continue
+            self._feed(PacketReceived(_PLAIN_HEADER + opened.compound, (source[0], source[1])))
+
+    # ================================================================ streams
+
+    async def _open_stream(self, req: OpenStream) -> None:
+        result = await self._exchange(req)
+        if self._core is not None:
+            self._feed(result)
+
+    async def _exchange(self, req: OpenStream) -> StreamResult:
+        host, port = req.address
+        try:
+            with trio.fail_after(max(req.timeout, 0.001)):
+                tcp = await _connect(host, port)
+                async with trio.SSLStream(tcp, self._client_ctx, server_hostname=None) as stream:
+                    await stream.do_handshake()
+                    tls.check_peer(stream, req.peer)
+                    await send_frame(stream, req.data)
+                    reply = None
+                    if req.expect_reply:
+                        reply = await receive_frame(stream, codec.STREAM_MAX)
+                        self.counters["stream_bytes_received"] += len(reply)
+                    self.counters["stream_bytes_sent"] += len(req.data) + 4
+            return StreamResult(req.request_id, data=reply)
+        except trio.TooSlowError:
+            self.counters["stream_timeouts"] += 1
+            return StreamResult(req.request_id, error="timeout")
+        except tls.PeerMismatch as e:
+            self.counters["stream_identity_mismatch"] += 1
+            log.warning("refused stream peer at %s: %s", _addr(req.address), e)
+            return StreamResult(req.request_id, error=str(e))
+        except OSError as e:
+            if _refused(e):
+                return StreamResult(req.request_id, error=STREAM_REFUSED)
+            self.counters["stream_errors"] += 1
+            log.debug("stream to %s failed: %r", _addr(req.address), e)
+            return StreamResult(req.request_id, error=e.strerror or str(e))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, FrameError) as e:
+            self.counters["stream_errors"] += 1
+            log.debug("stream to %s failed: %r", _addr(req.address), e)
+            return StreamResult(req.request_id, error=f"stream failed: {e or type(e).__name__}")
+
+    async def _serve_streams(
+        self, listeners: list[trio.SocketListener], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        async with trio.open_nursery() as nursery:
+            for listener in listeners:
+                nursery.start_soon(self._accept_loop, listener)
+            task_status.started()
+
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                try:
+                    tcp = await listener.accept()
+                except OSError as e:
+                    # EMFILE and friends: back off instead of spinning.
+                    self.counters["accept_errors"] += 1
+                    log.warning("accept failed: %s", e)
+                    await trio.sleep(0.1)
+                    continue
+                if self._stream_slots.value == 0:
+                    self.counters["streams_refused_busy"] += 1
+                    await tcp.aclose()
+                    continue
+                nursery.start_soon(self._handle_stream, tcp)
+
+    async def _handle_stream(self, tcp: trio.SocketStream) -> None:
+        async with self._stream_slots:
+            try:
+                source = tcp.socket.getpeername()
+                with trio.fail_after(self.config.membership.tcp_timeout):
+                    async with trio.SSLStream(tcp, self._server_ctx, server_side=True) as stream:
+                        await stream.do_handshake()
+                        peer = tls.check_peer(stream, None)
+                        data = await receive_frame(stream, codec.STREAM_MAX)
+                        self.counters["stream_bytes_received"] += len(data) + 4
+                        reply = self._answer_stream(peer, data, (source[0], source[1]))
+                        if reply is not None:
+                            await send_frame(stream, reply)
+                            self.counters["stream_bytes_sent"] += len(reply) + 4
+            except tls.PeerMismatch as e:
+                self.counters["stream_identity_mismatch"] += 1
+                log.warning("refused stream: %s", e)
+            except trio.TooSlowError:
+                self.counters["stream_timeouts"] += 1
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, FrameError) as e:
+                self.counters["streams_refused"] += 1
+                log.debug("inbound stream failed: %s", e)
+
+    def _answer_stream(self, peer: str, data: bytes, source: Address) -> bytes | None:
+        """One inbound frame from an authenticated ``peer``: check, route, answer."""
+        try:
+            msg = codec.decode_stream_untrusted(data)
+        except BadPacket:
+            msg = None  # the core rejects and counts it
+        # The frame's claims must match the TLS identity: a push-pull's first
+        # entry is its sender, a stream ping names its source.
+        claimed: str | None = None
+        if isinstance(msg, PushPull) and msg.members:
+            claimed = msg.members[0].node
+        elif isinstance(msg, Ping):
+            claimed = msg.source
+        if claimed is not None and claimed != peer:
+            raise tls.PeerMismatch(f"peer {peer!r} sent a frame claiming to be {claimed!r}")
+        if isinstance(msg, KeyOp):
+            return codec.encode_stream(self._apply_key_op(msg, by=peer))
+        self._conn_ids += 1
+        conn_id = self._conn_ids
+        self._feed(StreamReceived(conn_id, data, source))
+        return self._replies.pop(conn_id, None)
+
+    # ================================================================ keys
+
+    def _apply_key_op(self, op: KeyOp, *, by: str) -> KeyOpResult:
+        kr = self.keyring
+        try:
+            if op.op == "install":
+                kr.install(op.key)
+            elif op.op == "use":
+                kr.use(op.key)
+            elif op.op == "remove":
+                kr.remove(op.key)
+        except ValueError as e:
+            return KeyOpResult(False, str(e)[:256], tuple(kr.fingerprints()))
+        if op.op != "list":
+            save_keyring(self._keyring_path, kr)
+            log.info("keyring: %s %s (requested by %s)", op.op, fingerprint(op.key), by)
+        return KeyOpResult(True, "", tuple(kr.fingerprints()))
+
+    async def _key_op_everywhere(self, op: KeyOp) -> tuple[dict[str, KeyOpResult], dict[str, str]]:
+        """Apply ``op`` here and on every alive member (over mutual TLS)."""
+        results: dict[str, KeyOpResult] = {self.node_id: self._apply_key_op(op, by=self.node_id)}
+        failed: dict[str, str] = {}
+        data = codec.encode_stream(op)
+        timeout = self.config.membership.tcp_timeout
+
+        async def ask(member: Member) -> None:
+            req = OpenStream(0, member.address, data, expect_reply=True, timeout=timeout, peer=member.node_id)
+            res = await self._exchange(req)
+            try:
+                if res.data is None:
+                    raise BadPacket(res.error or "no reply")
+                reply = codec.decode_stream_untrusted(res.data)
+                if not isinstance(reply, KeyOpResult):
+                    raise BadPacket("unexpected reply")
+                results[member.node_id] = reply
+            except BadPacket as e:
+                failed[member.node_id] = str(e)
+
+        async with trio.open_nursery() as nursery:
+            for m in self.core.members()[1:]:
+                if m.state is MemberState.ALIVE:
+                    nursery.start_soon(ask, m)
+        return results, failed
+
+    # ================================================================ seeds
+
+    async def _join_seeds(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        seeds = self.config.join.seeds
+        if not seeds:
+            return
+        while not self._joined.is_set():
+            addresses = []
+            for host, port in seeds:
+                try:
+                    infos = await trio.socket.getaddrinfo(host, port, type=stdlib_socket.SOCK_DGRAM)
+                except OSError as e:
+                    log.warning("seed %s:%d: cannot resolve (%s)", host, port, e)
+                    continue
+                addresses.extend((info[4][0], info[4][1]) for info in infos[:1])
+            addresses = [a for a in addresses if a != self.config.node.advertise]
+            if addresses:
+                self._feed(JoinRequested(tuple(addresses)))
+            with trio.move_on_after(self.config.join.retry_interval):
+                await self._joined.wait()
+
+    # ================================================================ control socket
+
+    async def _bind_control_socket(self) -> trio.SocketListener:
+        path = self.config.control.socket
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        if path.exists() or path.is_symlink():
+            if await _socket_alive(path):
+                raise ConfigError(
+                    f"[control] socket {path}: another meshd is running there; stop it or "
+                    "choose another socket path"
+                )
+            path.unlink()
+        sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+        await sock.bind(str(path))
+        # chmod after bind: the umask decides the initial mode.
+        os.chmod(path, 0o660)
+        sock.listen(16)
+        return trio.SocketListener(sock)
+
+    async def _serve_control(
+        self, listener: trio.SocketListener, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        slots = trio.Semaphore(_MAX_CONTROL_CONNECTIONS)
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            while True:
+                conn = await listener.accept()
+                if slots.value == 0:
+                    await conn.aclose()
+                    continue
+                nursery.start_soon(self._control_connection, conn, slots)
+
+    async def _control_connection(self, conn: trio.SocketStream, slots: trio.Semaphore) -> None:
+        async with slots, conn:
+            uid = _peer_uid(conn)
+            buffer = b""
+            try:
+                while True:
+                    with trio.fail_after(_CONTROL_TIMEOUT):
+                        chunk = await conn.receive_some(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                    if len(buffer) > control.MAX_LINE and b"\n" not in buffer:
+                        await conn.send_all(
+                            control.encode_response_error(None, control.BAD_REQUEST, "line too long")
+                        )
+                        return
+                    while b"\n" in buffer:
+                        line, buffer = buffer.split(b"\n", 1)
+                        await conn.send_all(await self._control_request(line, uid))
+            except (trio.TooSlowError, trio.BrokenResourceError, trio.ClosedResourceError):
+                return
+
+    async def _control_request(self, line: bytes, uid: int | None) -> bytes:
+        try:
+            req = control.decode_request_untrusted(line)
+        except BadPacket as e:
+            code = getattr(e, "code", control.BAD_REQUEST)
+            return control.encode_response_error(getattr(e, "request_id", None), code, str(e))
+        rid, cmd, args = req["id"], req["cmd"], req.get("args") or {}
+        handler = getattr(self, f"_cmd_{cmd}", None)
+        if handler is None:
+            return control.encode_response_error(rid, control.UNKNOWN_COMMAND, f"unknown command {cmd!r}")
+        if cmd in ("join", "leave", "keys") and not (cmd == "keys" and args.get("op") == "list"):
+            log.info("control: %s %s requested by uid %s", cmd, args.get("op", ""), uid)
+        try:
+            result = await handler(args)
+        except _CommandFailed as e:
+            return control.encode_response_error(rid, control.FAILED, str(e))
+        except (KeyError, TypeError, ValueError) as e:
+            return control.encode_response_error(rid, control.BAD_REQUEST, f"bad arguments: {e}")
+        return control.encode_response_ok(rid, result)
+
+    # --------------------------------------------------------------- commands
+
+    def _member_json(self, m: Member) -> dict[str, Any]:
+        return {
+            "name": m.node_id,
+            "id": m.node_id,
+            "addr": format_address(m.address),
+            "status": m.state.name.lower(),
+            "incarnation": m.incarnation,
+            "tags": decode_tags(m.meta),
+            "protocol": {"min": m.protocol.minimum, "max": m.protocol.maximum, "version": m.protocol.current},
+        }
+
+    async def _cmd_members(self, args: dict[str, Any]) -> dict[str, Any]:
+        return {"self": self.node_id, "members": [self._member_json(m) for m in self.core.members()]}
+
+    async def _cmd_status(self, args: dict[str, Any]) -> dict[str, Any]:
+        stats = self.core.statistics()
+        members = self.core.members()
+        counts = {s: sum(1 for m in members if m.state.name.lower() == s) for s in control.MEMBER_STATUSES}
+        return {
+            "self": self.node_id,
+            "cluster": self.cluster,
+            "key_fingerprint": self.keyring.fingerprint(self.keyring.primary),
+            "address": format_address(self.config.node.advertise),
+            "incarnation": stats.incarnation,
+            "health": stats.health_score,
+            "uptime_s": round(time.monotonic() - self._started_at, 3),
+            "members": [self._member_json(m) for m in members],
+            "counts": counts,
+            "counters": {**stats.counters, **self.counters},
+        }
+
+    async def _cmd_info(self, args: dict[str, Any]) -> dict[str, Any]:
+        stats = self.core.statistics()
+        return {
+            "name": self.node_id,
+            "version": __version__,
+            "address": format_address(self.config.node.advertise),
+            "cluster": self.cluster,
+            "incarnation": stats.incarnation,
+            "health": stats.health_score,
+            "uptime_s": round(time.monotonic() - self._started_at, 3),
+            "config_path": str(self.config.path),
+            "state_dir": str(self.config.state.dir),
+            "members": len(self.core.members()),
+            "key_fingerprints": self.keyring.fingerprints(),
+            "primary_key": self.keyring.fingerprint(self.keyring.primary),
+            "tls_ca": self.tls.ca_fingerprint,
+            "counters": {**stats.counters, **self.counters},
+        }
+
+    async def _cmd_join(self, args: dict[str, Any]) -> dict[str, Any]:
+        texts = args["addresses"]
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            raise ValueError("addresses must be a non-empty list of HOST:PORT strings")
+        joined: list[str] = []
+        failed: dict[str, str] = {}
+        for text in texts:
+            try:
+                host, port = parse_address(text)
+                infos = await trio.socket.getaddrinfo(host, port, type=stdlib_socket.SOCK_DGRAM)
+                address: Address = (infos[0][4][0], infos[0][4][1])
+            except (ConfigError, OSError) as e:
+                failed[text] = str(e)
+                continue
+            waiter = _Waiter(
+                lambda ev, a=address: isinstance(ev, (JoinSucceeded, JoinFailed)) and ev.address == a
+            )
+            self._waiters.append(waiter)
+            try:
+                self._feed(JoinRequested((address,)))
+                with trio.move_on_after(self.config.membership.tcp_timeout + 1):
+                    await waiter.event.wait()
+            finally:
+                self._waiters.remove(waiter)
+            if isinstance(waiter.result, JoinSucceeded):
+                joined.append(text)
+            else:
+                failed[text] = waiter.result.error if isinstance(waiter.result, JoinFailed) else "timeout"
+        if not joined:
+            raise _CommandFailed("; ".join(f"{a}: {e}" for a, e in failed.items()))
+        return {"joined": joined, "failed": failed}
+
+    async def _cmd_leave(self, args: dict[str, Any]) -> dict[str, Any]:
+        assert self._nursery is not None
+        self._nursery.start_soon(self.leave)
+        return {"left": True}
+
+    async def _cmd_keys(self, args: dict[str, Any]) -> dict[str, Any]:
+        op = args.get("op")
+        if op not in control.KEY_OPS:
+            raise ValueError(f"op must be one of {', '.join(control.KEY_OPS)}")
+        key = b""
+        if op != "list":
+            try:
+                key = base64.b64decode(args["key"], validate=True)
+            except (ValueError, TypeError):
+                raise ValueError("key must be base64") from None
+            if len(key) != 32:
+                raise ValueError("key must be 32 bytes (generate one with: meshd keygen)")
+        results, failed = await self._key_op_everywhere(KeyOp(op, key))
+        for node, res in results.items():
+            if not res.ok:
+                failed[node] = res.error
+        if op == "list":
+            holders: Counter[str] = Counter()
+            for res in results.values():
+                holders.update(res.fingerprints)
+            primary = self.keyring.fingerprint(self.keyring.primary)
+            keys = [{"fingerprint": fp, "primary": fp == primary, "members": n} for fp, n in holders.most_common()]
+            return {"keys": keys, "responded": len(results), "failed": failed}
+        succeeded = sum(1 for r in results.values() if r.ok)
+        if results[self.node_id].ok is False:
+            raise _CommandFailed(results[self.node_id].error)
+        return {"op": op, "fingerprint": fingerprint(key), "succeeded": succeeded, "failed": failed}
+
+
+class _CommandFailed(Exception):
+    """A control command could not be carried out; the message says why."""
+
+
+# ==================================================================== helpers
+
+
+def _family(host: str) -> int:
+    return stdlib_socket.AF_INET6 if ":" in host else stdlib_socket.AF_INET
+
+
+def _addr(address: Address) -> str:
+    return format_address(address)
+
+
+async def _connect(host: str, port: int) -> trio.SocketStream:
+    # Member addresses are numeric (the core never sees DNS names), so one
+    # plain connect does: its errors (ECONNREFUSED above all) stay unwrapped.
+    sock = trio.socket.socket(_family(host), stdlib_socket.SOCK_STREAM)
+    try:
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
+
+
+def _refused(e: OSError) -> bool:
+    return e.errno == errno.ECONNREFUSED
+
+
+def _reason_key(reason: str) -> str:
+    head = reason.split(":", 1)[0].strip().lower()
+    return "".join(c if c.isalnum() else "_" for c in head)[:40] or "malformed"
+
+
+def _peer_uid(conn: trio.SocketStream) -> int | None:
+    try:
+        creds = conn.socket.getsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_PEERCRED, struct.calcsize("3i"))
+        return int(struct.unpack("3i", creds)[1])
+    except (OSError, AttributeError):
+        return None
+
+
+async def _socket_alive(path: Path) -> bool:
+    sock = trio.socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    try:
+        with trio.move_on_after(1.0):
+            await sock.connect(str(path))
+            return True
+        return False
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+# ==================================================================== entry point
+
+
+async def serve(config: Config, *, node_id: str, secret: bytes) -> int:
+    """Run a daemon until SIGTERM/SIGINT (graceful leave) or a leave command.
+
+    SIGHUP reloads the configuration file.
+    """
+    from meshd.config import load_config
+
+    daemon = Daemon(config, node_id=node_id, secret=secret)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(daemon.run)
+
+            async def watch_signals() -> None:
+                async for sig in signals:
+                    if sig == signal.SIGHUP:
+                        try:
+                            fresh = load_config(config.path)
+                        except ConfigError as e:
+                            log.error("reload failed, keeping the running configuration: %s", e)
+                            continue
+                        ignored = daemon.reload(fresh)
+                        if ignored:
+                            log.warning("reloaded; these need a restart to change: %s", ", ".join(ignored))
+                        else:
+                            log.info("reloaded the configuration")
+                    else:
+                        log.info("received %s", signal.Signals(sig).name)
+                        await daemon.leave()
+                        return
+
+            nursery.start_soon(watch_signals)
+            await daemon._stop.wait()
+            nursery.cancel_scope.cancel()
+    return 0
