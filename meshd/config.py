@@ -254,27 +254,28 @@ def parse_address(text: str, *, dns_names: bool = True) -> _Address:
         ``(host, port)`` with ``port`` in 1..65535.
 
     Raises:
-        ValueError: ``text`` is not a valid address; the message says why and
-            gives an example (it does not repeat ``text``'s key).
+        ConfigError: ``text`` is not a valid address; the message quotes
+            ``text``, says why and gives an example (it names no config key:
+            callers add that).
     """
     example = f"e.g. 127.0.0.1:{DEFAULT_PORT}"
     if text.startswith("["):
         match = re.fullmatch(r"\[([^\]]*)\]:([^:]*)", text)
         if match is None:
-            raise ValueError(f"{text!r} is not HOST:PORT ({example} or [::1]:{DEFAULT_PORT})")
+            raise ConfigError(f"{text!r} is not HOST:PORT ({example} or [::1]:{DEFAULT_PORT})")
         host, port_text = match.groups()
         try:
             ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv6Address(host)
         except ValueError:
-            raise ValueError(
+            raise ConfigError(
                 f"{text!r}: only IPv6 addresses go in brackets, e.g. [::1]:{DEFAULT_PORT}"
             ) from None
         return str(ip), _parse_port(port_text, text)
     host, colon, port_text = text.rpartition(":")
     if not colon or not host or not port_text:
-        raise ValueError(f"{text!r} is not HOST:PORT ({example})")
+        raise ConfigError(f"{text!r} is not HOST:PORT ({example})")
     if ":" in host:
-        raise ValueError(f"{text!r}: write IPv6 addresses in brackets, e.g. [::1]:{DEFAULT_PORT}")
+        raise ConfigError(f"{text!r}: write IPv6 addresses in brackets, e.g. [::1]:{DEFAULT_PORT}")
     port = _parse_port(port_text, text)
     try:
         ip = ipaddress.IPv4Address(host)
@@ -283,12 +284,15 @@ def parse_address(text: str, *, dns_names: bool = True) -> _Address:
     else:
         return str(ip), port
     if not dns_names:
-        raise ValueError(
+        raise ConfigError(
             f"{text!r}: host {host!r} must be an IP address of this host "
             "(e.g. 127.0.0.1, 10.0.0.5 or 0.0.0.0), not a name"
         )
     if not _is_dns_name(host):
-        raise ValueError(f"{text!r}: host {host!r} is neither an IP address nor a DNS name")
+        raise ConfigError(
+            f"{text!r}: host {host!r} is neither an IP address nor a DNS name "
+            f"(e.g. 10.0.0.5:{DEFAULT_PORT} or seed.example.net:{DEFAULT_PORT})"
+        )
     return host, port
 
 
@@ -300,10 +304,10 @@ def format_address(address: _Address) -> str:
 
 def _parse_port(port_text: str, text: str) -> int:
     if not port_text.isascii() or not port_text.isdigit():
-        raise ValueError(f"{text!r}: port {port_text!r} is not a number; use 1..65535")
+        raise ConfigError(f"{text!r}: port {port_text!r} is not a number; use 1..65535")
     port = int(port_text)
     if not 1 <= port <= 65535:
-        raise ValueError(f"{text!r}: port {port} is out of range; use 1..65535")
+        raise ConfigError(f"{text!r}: port {port} is out of range; use 1..65535")
     return port
 
 
@@ -426,8 +430,10 @@ class _Reader:
             valid = _SECTIONS[name]
             for key in table:
                 if key not in valid:
+                    owners = [s for s, keys in _SECTIONS.items() if key in keys]
+                    guess = f" (did you mean [{owners[0]}] {key}?)" if owners else ""
                     self.fail(
-                        f"unknown key [{name}] {key}{_closest(key, valid)} — "
+                        f"unknown key [{name}] {key}{guess or _closest(key, valid)} — "
                         f"valid keys in [{name}] are: {', '.join(valid)}"
                     )
             self.tables[name] = table
@@ -500,7 +506,7 @@ class _Reader:
             )
         try:
             return parse_address(text, dns_names=dns_names)
-        except ValueError as exc:
+        except ConfigError as exc:
             self.fail(f"[{section}] {key}: {exc}")
 
     # -- sections ------------------------------------------------------------

@@ -30,9 +30,10 @@ meshd joins this host to a leaderless gossip mesh: SWIM failure detection
 with the Lifeguard refinements, infection-style dissemination and push-pull
 anti-entropy.
 
-Set up a node:
+Set up and run a node:
 
   meshd init --dir /etc/meshd        write meshd.toml and a new cluster secret
+  meshd run --config FILE            run the node in the foreground
   meshd keygen                       print a new cluster secret
   meshd check-config FILE            validate a config file, its secret and ports
 
@@ -59,6 +60,49 @@ def _demo(args: list[str]) -> int:
     """Run :func:`meshd.testing.demo.main` with ``args`` (imported only now)."""
     demo = importlib.import_module("meshd.testing.demo")
     return int(demo.main(args))
+
+
+def _default_config_path() -> Path:
+    """``$CONFIGURATION_DIRECTORY/meshd.toml`` under systemd, else ``./meshd.toml``."""
+    import os
+
+    directory = os.environ.get("CONFIGURATION_DIRECTORY", "").split(":")[0]
+    return Path(directory or ".") / "meshd.toml"
+
+
+def _run(parser: argparse.ArgumentParser, args: list[str]) -> int:
+    """``meshd run``: start the daemon in the foreground until SIGTERM/SIGINT."""
+    options = parser.parse_args(args)
+    import logging
+
+    from meshd.config import check_tls_files, load_config, node_id, read_secret
+
+    config = load_config(options.config or _default_config_path())
+    try:
+        secret = read_secret(config.cluster.secret_file)
+    except ConfigError as exc:
+        raise ConfigError(f"{config.path}: {exc}") from None
+    check_tls_files(config)
+    logging.basicConfig(
+        level=(options.log_level or config.log.level).upper(),
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    import trio
+
+    from meshd.runtime.daemon import serve
+
+    try:
+        return trio.run(functools.partial(serve, config, node_id=node_id(config), secret=secret))
+    except BaseExceptionGroup as group:
+        # A bind failure (port in use, address not here) surfaces from the
+        # daemon's nursery wrapped in a group: report it as a config error.
+        match, _ = group.split(ConfigError)
+        if match is None:
+            raise
+        while isinstance(match, BaseExceptionGroup):
+            match = match.exceptions[0]
+        raise match from None
 
 
 def _keygen(parser: argparse.ArgumentParser, args: list[str]) -> int:
@@ -127,7 +171,7 @@ def _bind_address(text: str) -> tuple[str, int]:
 
     try:
         return parse_address(text, dns_names=False)
-    except ValueError as exc:
+    except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -137,7 +181,7 @@ def _seed_address(text: str) -> tuple[str, int]:
 
     try:
         return parse_address(text, dns_names=True)
-    except ValueError as exc:
+    except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
@@ -194,7 +238,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_config_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``init``, ``keygen`` and ``check-config``; each handler re-parses its arguments."""
+    """Add ``run``, ``init``, ``keygen`` and ``check-config``; each handler re-parses its arguments."""
+    run = commands.add_parser(
+        "run",
+        help="run the daemon in the foreground (what systemd starts)",
+        description=(
+            "Run this node: bind [node] bind (UDP gossip, TCP streams), open the control\n"
+            "socket, join the configured seeds and stay in the mesh until SIGTERM or\n"
+            "SIGINT, which leave it gracefully. SIGHUP reloads the configuration file\n"
+            "(tags, seeds, log level change live; the rest is reported as needing a\n"
+            "restart)."
+        ),
+        epilog=_CHECK_EPILOG.replace("the configuration is valid", "stopped cleanly"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    run.add_argument(
+        "--config",
+        metavar="FILE",
+        help="the configuration file (default: $CONFIGURATION_DIRECTORY/meshd.toml, else ./meshd.toml)",
+    )
+    run.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        help="override [log] level",
+    )
+    run.set_defaults(handler=functools.partial(_run, run))
+
     init = commands.add_parser(
         "init",
         help="write a configuration (and a new cluster secret) for this node",

@@ -31,10 +31,11 @@ from typing import Any, NamedTuple
 from meshd import __version__, control
 from meshd.cli.exit_codes import ExitStatus
 from meshd.cli.output import columns, printable, width
-from meshd.errors import BadPacket, ConfigError
+from meshd.errors import BadPacket, ConfigError, MeshError
 
 __all__ = [
     "DEFAULT_TIMEOUT",
+    "CommandFailed",
     "Rendered",
     "SocketChoice",
     "build_parser",
@@ -92,8 +93,8 @@ _STATUS_LETTERS = {"alive": "A", "suspect": "S", "dead": "D", "left": "L"}
 _WARN_NAMES = 10
 
 
-class _Fail(Exception):
-    """End the command: print ``message`` to stderr and exit with ``status``."""
+class CommandFailed(MeshError):
+    """The command cannot go on; ``message`` goes to stderr, ``status`` is the exit status."""
 
     def __init__(self, status: ExitStatus, message: str) -> None:
         super().__init__(message)
@@ -132,7 +133,9 @@ def _import_config_loader() -> _ConfigLoader:
     try:
         config = importlib.import_module("meshd.config")
     except ImportError as exc:
-        raise _Fail(ExitStatus.ERROR, f"this meshctl cannot read config files: {exc}") from None
+        raise CommandFailed(
+            ExitStatus.ERROR, f"this meshctl cannot read config files: {exc}"
+        ) from None
     loader: _ConfigLoader = config.load_config
     return loader
 
@@ -159,7 +162,7 @@ def resolve_socket(
         The chosen path and where it came from.
 
     Raises:
-        _Fail: the config file could not be read (exit status 78).
+        CommandFailed: the config file could not be read (exit status 78).
     """
     if socket_flag:
         return SocketChoice(Path(socket_flag), "--socket")
@@ -174,7 +177,7 @@ def resolve_socket(
             config = loader(config_flag)
         except (ConfigError, OSError, ValueError) as exc:
             # ConfigError messages start with the file's path and say what to do.
-            raise _Fail(ExitStatus.CONFIG, f"--config: {exc}") from None
+            raise CommandFailed(ExitStatus.CONFIG, f"--config: {exc}") from None
         return SocketChoice(Path(config.control.socket), f"--config {config_flag}")
     path = control.default_socket_path(cwd=cwd)
     also = () if path == control.SYSTEM_SOCKET else (control.SYSTEM_SOCKET,)
@@ -231,11 +234,13 @@ def _read_line(sock: socket.socket, deadline: float) -> bytes:
         sock.settimeout(remaining)
         chunk = sock.recv(65536)
         if not chunk:
-            raise _Fail(ExitStatus.ERROR, "meshd closed the connection without answering")
+            raise CommandFailed(ExitStatus.ERROR, "meshd closed the connection without answering")
         end = chunk.find(b"\n")
         buffer += chunk if end < 0 else chunk[: end + 1]
         if len(buffer) > control.MAX_LINE:
-            raise _Fail(ExitStatus.ERROR, f"meshd's answer is longer than {control.MAX_LINE} bytes")
+            raise CommandFailed(
+                ExitStatus.ERROR, f"meshd's answer is longer than {control.MAX_LINE} bytes"
+            )
         if end >= 0:
             return bytes(buffer)
 
@@ -253,7 +258,7 @@ def call(choice: SocketChoice, cmd: str, args: dict[str, Any], *, timeout: float
         The response's ``result`` object.
 
     Raises:
-        _Fail: unreachable (69), permission denied (77), a timeout, a
+        CommandFailed: unreachable (69), permission denied (77), a timeout, a
             malformed answer or an error response (1).
     """
     deadline = time.monotonic() + timeout
@@ -266,32 +271,34 @@ def call(choice: SocketChoice, cmd: str, args: dict[str, Any], *, timeout: float
             except TimeoutError:
                 raise
             except OSError as exc:
-                raise _Fail(*connect_failure(exc, choice)) from None
+                raise CommandFailed(*connect_failure(exc, choice)) from None
             sock.sendall(control.encode_request(request_id, cmd, args))
             line = _read_line(sock, deadline)
         except TimeoutError:
-            raise _Fail(
+            raise CommandFailed(
                 ExitStatus.ERROR,
                 f"meshd did not answer {cmd!r} within {timeout:g}s (socket {choice.path}); "
                 "it may be overloaded or stuck: check its log (journalctl -u meshd), "
                 "or retry with a longer --timeout",
             ) from None
         except (BrokenPipeError, ConnectionResetError) as exc:
-            raise _Fail(
+            raise CommandFailed(
                 ExitStatus.ERROR, f"meshd closed the connection: {exc.strerror or exc}"
             ) from None
         except OSError as exc:
-            raise _Fail(
+            raise CommandFailed(
                 ExitStatus.ERROR, f"talking to meshd failed: {exc.strerror or exc}"
             ) from None
     try:
         response = control.decode_response_untrusted(line)
     except BadPacket as exc:
-        raise _Fail(ExitStatus.ERROR, f"meshd sent a malformed answer: {exc}") from None
+        raise CommandFailed(ExitStatus.ERROR, f"meshd sent a malformed answer: {exc}") from None
     if response["id"] not in (request_id, None):
-        raise _Fail(ExitStatus.ERROR, f"meshd answered request {response['id']}, not {request_id}")
+        raise CommandFailed(
+            ExitStatus.ERROR, f"meshd answered request {response['id']}, not {request_id}"
+        )
     if not response["ok"]:
-        raise _Fail(ExitStatus.ERROR, _error_message(cmd, response["error"]))
+        raise CommandFailed(ExitStatus.ERROR, _error_message(cmd, response["error"]))
     result: dict[str, Any] = response["result"]
     return result
 
@@ -360,19 +367,16 @@ def render_status(result: Mapping[str, Any]) -> Rendered:
     )
     troubled = [m for m in members if m["status"] in ("suspect", "dead")]
     if troubled:
+        out.append(printable(f"WARNING: {len(troubled)} member(s) not alive: {_names(troubled)}"))
         out.append(
-            printable(
-                f"WARNING: {len(troubled)} member(s) not alive: {_names(troubled)}. "
-                "On those hosts check `systemctl status meshd`; from this host check that "
-                "their address is reachable over UDP and TCP (firewall, routing)."
-            )
+            "  check `systemctl status meshd` on those hosts, and that their address is "
+            "reachable from here over UDP and TCP (firewall, routing)"
         )
     health = int(result["health"])
     if health > 0:
         out.append(
-            f"Note: this node's health score is {health} (0 is healthy): it is missing acks "
-            "from peers, so it may be overloaded or losing packets; it probes more slowly "
-            "until that clears."
+            f"Note: local health score {health} (0 is healthy): this node is missing acks, "
+            "so it may be overloaded or losing packets; it probes more slowly until that clears"
         )
     return Rendered(out, [])
 
@@ -691,7 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             rendered = _render(ns, result)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise _Fail(
+            raise CommandFailed(
                 ExitStatus.ERROR,
                 f"meshd's {cmd} answer lacks or mistypes {exc}; "
                 "are meshd and meshctl the same version? (--json shows the raw answer)",
@@ -699,7 +703,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print(rendered.out, sys.stdout)
         _print(rendered.err, sys.stderr, "meshctl: ")
         return rendered.status
-    except _Fail as fail:
+    except CommandFailed as fail:
         _print(fail.message.splitlines(), sys.stderr, "meshctl: ")
         return fail.status
     except SystemExit as exc:

@@ -1,4 +1,4 @@
-"""Stream security: mutual TLS 1.3 between nodes, anchored in the cluster secret or an operator CA."""
+"""Stream security: mutual TLS 1.3 between nodes, anchored in the cluster secret or operator CA."""
 
 # Trust model
 # -----------
@@ -175,7 +175,7 @@ class TlsIdentity:
 class _HasPeerCert(Protocol):
     """ssl.SSLObject, ssl.SSLSocket and trio.SSLStream (which forwards the call)."""
 
-    def getpeercert(self, binary_form: bool = ...) -> Any: ...
+    def getpeercert(self) -> Any: ...
 
 
 ########################################################################
@@ -362,7 +362,9 @@ def _issue_leaf(
             critical=True,
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .add_extension(
@@ -552,7 +554,10 @@ def pki_identity(
     anchors = _read_certs(ca_file, ca_where, "the operator CA certificate")
     chain = _read_certs(cert_file, cert_where, "this node's certificate")
     key_pem = _read_file(key_file, key_where)
-    mode = stat.S_IMODE(os.stat(key_file).st_mode)
+    try:
+        mode = stat.S_IMODE(os.stat(key_file).st_mode)
+    except OSError as e:
+        raise ConfigError(f"{key_where}: cannot read ({e.strerror or e})") from e
     if mode & 0o007:
         raise ConfigError(
             f"{key_where}: private key is accessible to every user (mode {mode:04o}); "
@@ -647,8 +652,10 @@ def _read_file(path: Path, where: str) -> bytes:
     try:
         return path.read_bytes()
     except OSError as e:
-        raise ConfigError(f"{where}: cannot read ({e.strerror or e}); check the path and that "
-                          "the meshd user may read it") from e
+        raise ConfigError(
+            f"{where}: cannot read ({e.strerror or e}); check the path and that "
+            "the meshd user may read it"
+        ) from e
 
 
 def _read_certs(path: Path, where: str, what: str) -> list[x509.Certificate]:

@@ -12,7 +12,7 @@ import ssl
 import stat
 import tempfile
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -80,7 +80,7 @@ class Side:
     peer: str | None = None
     checked: str | PeerMismatch | None = None
     version: str | None = None
-    received: bytes | None = None
+    received: bytes | bytearray | None = None
     error: trio.BrokenResourceError | None = None
 
 
@@ -208,7 +208,8 @@ async def test_client_without_certificate_is_refused(tmp_path: Path) -> None:
     server, client = await connect(server_context(a), anonymous)
 
     _assert_refused(server, client)
-    assert "certificate" in str(server.error.__cause__).lower()  # type: ignore[union-attr]
+    assert server.error is not None
+    assert "certificate" in str(server.error.__cause__).lower()
     # TLS 1.3: the client's own handshake completes before the server checks
     # its (absent) certificate; the refusal reaches it as an alert on read.
     assert client.peer == "alpha"
@@ -245,6 +246,7 @@ async def test_node_of_another_cluster_is_refused_both_directions(
         server, client = await connect(server_context(theirs), client_context(ours))
 
     _assert_refused(server, client)
+    assert server.error is not None
     if foreign_side == "client" and foreign_trusts_us:
         # Our server checks the foreign client certificate and refuses it.
         assert isinstance(server.error.__cause__, ssl.SSLCertVerificationError)
@@ -300,9 +302,7 @@ async def test_check_peer_raises_when_the_certificate_names_no_node(tmp_path: Pa
     )
     alpha = _identity(tmp_path / "a", "alpha")
 
-    server, client = await connect(
-        server_context(nobody), client_context(alpha), client_expects="beta"
-    )
+    _, client = await connect(server_context(nobody), client_context(alpha), client_expects="beta")
 
     assert client.peer is None
     assert isinstance(client.checked, PeerMismatch)
@@ -353,9 +353,13 @@ def test_derive_ca_fields() -> None:
     assert ca.not_valid_after_utc == datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
     assert 0 < ca.serial_number < 2**159
     bc = ca.extensions.get_extension_for_class(x509.BasicConstraints)
-    assert bc.critical and bc.value.ca and bc.value.path_length == 0
+    assert bc.critical
+    assert bc.value.ca
+    assert bc.value.path_length == 0
     ku = ca.extensions.get_extension_for_class(x509.KeyUsage)
-    assert ku.critical and ku.value.key_cert_sign and ku.value.crl_sign
+    assert ku.critical
+    assert ku.value.key_cert_sign
+    assert ku.value.crl_sign
     assert not ku.value.digital_signature
     ski = ca.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     assert ski == x509.SubjectKeyIdentifier.from_public_key(key.public_key())
@@ -416,13 +420,15 @@ def test_leaf_certificate_fields(tmp_path: Path) -> None:
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert set(eku) == {ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH}
     bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
-    assert bc.critical and not bc.value.ca
+    assert bc.critical
+    assert not bc.value.ca
     key = serialization.load_pem_private_key(ident.key_pem, None)
     assert isinstance(key, Ed25519PrivateKey)
     assert _public_raw(cert.public_key()) == _public_raw(key.public_key())
-    assert ident.ca_fingerprint == hashlib.sha256(
-        ca.public_bytes(serialization.Encoding.DER)
-    ).hexdigest()[:16]
+    assert (
+        ident.ca_fingerprint
+        == hashlib.sha256(ca.public_bytes(serialization.Encoding.DER)).hexdigest()[:16]
+    )
 
 
 @pytest.mark.parametrize(
@@ -454,7 +460,9 @@ def test_leaf_certificate_reissued_when_stale(
     cluster = change.get("cluster", CLUSTER)
     node_id = change.get("node_id", "alpha")
     later = now + change.get("now_offset", timedelta(0))  # type: ignore[operator]
-    assert isinstance(secret, bytes) and isinstance(cluster, str) and isinstance(node_id, str)
+    assert isinstance(secret, bytes)
+    assert isinstance(cluster, str)
+    assert isinstance(node_id, str)
 
     second = _identity(tmp_path, node_id, secret=secret, cluster=cluster, now=later)
 
@@ -481,7 +489,7 @@ def test_corrupt_leaf_key_is_a_config_error_not_overwritten(tmp_path: Path) -> N
     tls_dir = tmp_path / "tls"
     tls_dir.mkdir(mode=0o700)
     (tls_dir / "node.key").write_bytes(b"not a key")
-    with pytest.raises(ConfigError, match="node.key: not an unencrypted Ed25519"):
+    with pytest.raises(ConfigError, match=r"node\.key: not an unencrypted Ed25519"):
         _identity(tmp_path, "alpha")
     assert (tls_dir / "node.key").read_bytes() == b"not a key"
 
@@ -548,7 +556,7 @@ class FakePeer:
 def _peer(uris: Sequence[str] = (), cns: Sequence[str] = ()) -> FakePeer:
     return FakePeer(
         {
-            "subject": tuple(((("commonName", cn),) for cn in cns)),
+            "subject": tuple((("commonName", cn),) for cn in cns),
             "subjectAltName": tuple(("URI", u) for u in uris),
         }
     )
@@ -601,7 +609,7 @@ class Pki:
     cert: x509.Certificate
 
     @classmethod
-    def create(cls, name: str = "Operator Root CA") -> Pki:
+    def create(cls, name: str = "Operator Root CA", *, is_ca: bool = True) -> Pki:
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         now = _now()
@@ -613,7 +621,7 @@ class Pki:
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - timedelta(days=1))
             .not_valid_after(now + timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
             .add_extension(_key_usage(ca=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
             .sign(key, SHA256())
@@ -738,17 +746,18 @@ def _load(files: PkiFiles, node_id: str) -> TlsIdentity:
 
 
 @pytest.fixture(scope="module")
-def pki() -> Iterator[Pki]:
-    yield Pki.create()
+def pki() -> Pki:
+    return Pki.create()
 
 
 def test_pki_identity_accepts_a_node_certificate(tmp_path: Path, pki: Pki) -> None:
     cert, key = pki.issue(uris=[_uri("alpha")], cn="alpha.example.net")
     ident = _load(_write_pki(tmp_path, pki.cert, cert, key), "alpha")
     assert ident.node_id == "alpha"
-    assert ident.ca_fingerprint == hashlib.sha256(
-        pki.cert.public_bytes(serialization.Encoding.DER)
-    ).hexdigest()[:16]
+    assert (
+        ident.ca_fingerprint
+        == hashlib.sha256(pki.cert.public_bytes(serialization.Encoding.DER)).hexdigest()[:16]
+    )
     assert x509.load_pem_x509_certificate(ident.cert_pem) == cert
 
 
@@ -817,6 +826,12 @@ def _pki_case(tmp_path: Path, pki: Pki, case: str) -> PkiFiles:
     if case == "server-auth-only":
         cert, key = pki.issue(uris=[_uri("alpha")], eku=[ExtendedKeyUsageOID.SERVER_AUTH])
         return _write_pki(tmp_path, pki.cert, cert, key)
+    if case == "anchor-is-not-a-ca":
+        # Signatures check out; only OpenSSL's path validation (the in-memory
+        # self-handshake) notices that the "CA" may not issue certificates.
+        not_ca = Pki.create(is_ca=False)
+        cert, key = not_ca.issue(uris=[_uri("alpha")])
+        return _write_pki(tmp_path, not_ca.cert, cert, key)
     if case == "not-pem":
         cert, key = pki.issue(uris=[_uri("alpha")])
         files = _write_pki(tmp_path, pki.cert, cert, key)
@@ -838,6 +853,7 @@ def _pki_case(tmp_path: Path, pki: Pki, case: str) -> PkiFiles:
         ("expired", "expired on"),
         ("not-yet-valid", "not valid before"),
         ("server-auth-only", "lacks clientAuth"),
+        ("anchor-is-not-a-ca", "OpenSSL rejects this certificate for mutual TLS 1.3"),
         ("not-pem", "expected this node's certificate in PEM"),
     ],
 )

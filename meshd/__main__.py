@@ -1,0 +1,5 @@
+"""``python -m meshd``: the ``meshd`` command."""
+
+from meshd.cli.daemon import run
+
+run()
