@@ -180,6 +180,11 @@ class NodeCore:
         self._seq = 0
         #: Suspects to remind of their suspicion: id -> (when, reminders left).
         self._refute_checks: dict[NodeId, tuple[float, int]] = {}
+        # The earliest suspicion deadline or reminder, cached: next_deadline()
+        # runs after every input, and a mesh with slow members can hold many
+        # suspects at once. Any change to a suspicion marks it dirty.
+        self._suspicion_next = _INF
+        self._suspicion_dirty = False
 
         self._requests: dict[int, _StreamRequest] = {}
         self._request_id = 0
@@ -278,14 +283,8 @@ class NodeCore:
             t = self._next_probe_at
         if self._relays:
             t = min(t, min(r.deadline for r in self._relays.values()))
-        if self._table.suspects:
-            for e in self._table.suspects.values():
-                d = e.suspicion.deadline  # type: ignore[union-attr]
-                if d < t:
-                    t = d
-            for d, _ in self._refute_checks.values():
-                if d < t:
-                    t = d
+        if self._table.suspects or self._refute_checks:
+            t = min(t, self._suspicion_wakeup())
         if self._queue and self._gossip_at < t:
             t = self._gossip_at
         if not self._leaving:
@@ -339,7 +338,7 @@ class NodeCore:
         self._check_probe(now)
         if self._relays:
             self._check_relays(now)
-        if self._table.suspects:
+        if self._table.suspects or self._refute_checks:
             self._check_suspicions(now)
         if self._queue and now >= self._gossip_at:
             self._gossip(now)
@@ -447,6 +446,7 @@ class NodeCore:
         if outcome is Outcome.CONFLICT:
             self._stats["name_conflicts"] += 1
             return
+        self._suspicion_dirty = True
         self._queue.queue(codec.encode_message(msg), key=msg.node)
         entry = self._table.get(msg.node)
         assert entry is not None
@@ -468,6 +468,7 @@ class NodeCore:
         outcome = self._table.apply_suspect(msg, now, self._suspicion_params())
         if outcome is Outcome.IGNORED:
             return
+        self._suspicion_dirty = True
         # Confirmations are re-gossiped too: every member counts them.
         self._queue.queue(codec.encode_message(msg), key=msg.node)
         if outcome is Outcome.SUSPECTED:
@@ -482,6 +483,7 @@ class NodeCore:
             self._accused(msg.incarnation, source)
             return
         if self._table.apply_dead(msg, now) is Outcome.FAILED:
+            self._suspicion_dirty = True
             self._queue.queue(codec.encode_message(msg), key=msg.node)
             entry = self._table.get(msg.node)
             assert entry is not None
@@ -494,6 +496,7 @@ class NodeCore:
             self._accused(msg.incarnation, source)
             return
         if self._table.apply_leave(msg, now) is Outcome.LEFT:
+            self._suspicion_dirty = True
             self._queue.queue(codec.encode_message(msg), key=msg.node)
             entry = self._table.get(msg.node)
             assert entry is not None
@@ -661,8 +664,21 @@ class NodeCore:
         # time to be heard; if we still suspect it, its alive missed us.
         assert entry.suspicion is not None
         self._refute_checks[entry.node_id] = (now + (entry.suspicion.deadline - now) / 2, left)
+        self._suspicion_dirty = True
+
+    def _suspicion_wakeup(self) -> float:
+        """The earliest suspicion deadline or refutation reminder (cached)."""
+        if self._suspicion_dirty:
+            suspects = self._table.suspects
+            for node in [n for n in self._refute_checks if n not in suspects]:
+                del self._refute_checks[node]  # refuted or dead: no reminder
+            t = min((e.suspicion.deadline for e in suspects.values()), default=_INF)  # type: ignore[union-attr]
+            self._suspicion_next = min([t, *(at for at, _ in self._refute_checks.values())])
+            self._suspicion_dirty = False
+        return self._suspicion_next
 
     def _check_suspicions(self, now: float) -> None:
+        self._suspicion_dirty = True
         suspects = self._table.suspects
         for node in [n for n, (at, _) in self._refute_checks.items() if at <= now]:
             _, left = self._refute_checks.pop(node)
