@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Developer entry point: needs only python3 (3.11+), no make, no activated venv.
 
-    python3 dev.py demo [ARGS...]    run a simulated mesh (``meshd demo ARGS...``)
+    python3 dev.py demo [ARGS...]    run the demo (5 real daemons on loopback) (``meshd demo ARGS...``)
     python3 dev.py test [ARGS...]    run the test suite (``pytest ARGS...``)
 
 Both create ``.venv/`` in this checkout if it is missing and install meshd
@@ -35,7 +35,7 @@ INSTALL_SPEC = ".[test]"
 PYTEST_NO_TESTS_COLLECTED = 5
 
 USAGE = """\
-usage: python3 dev.py demo [ARGS...]   run a simulated mesh (meshd demo ARGS...)
+usage: python3 dev.py demo [ARGS...]   run the demo (5 real daemons on loopback) (meshd demo ARGS...)
        python3 dev.py test [ARGS...]   run the test suite (pytest ARGS...)
 
 Both create .venv/ here on first use and install meshd into it (editable,

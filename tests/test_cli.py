@@ -79,16 +79,22 @@ def test_meshd_option_before_command_is_usage_error(capsys: pytest.CaptureFixtur
     assert "unrecognized arguments: --frobnicate" in capsys.readouterr().err
 
 
-def _fake_demo(monkeypatch: pytest.MonkeyPatch, main: object) -> None:
-    """Install a stand-in for ``meshd.testing.demo`` (the real one runs a mesh)."""
-    module = types.ModuleType("meshd.testing.demo")
-    module.main = main  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "meshd.testing.demo", module)
+def _fake_demo(
+    monkeypatch: pytest.MonkeyPatch, main: object, module: str = "meshd.cli.demo"
+) -> None:
+    """Install a stand-in for a demo module (the real ones run a mesh)."""
+    fake = types.ModuleType(module)
+    fake.main = main  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, module, fake)
+
+
+def _refuse(argv: list[str] | None = None) -> int:
+    raise AssertionError(f"the other demo was called with {argv}")
 
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["--nodes", "3"], ["--seed", "7", "--nodes", "20"], ["--help"], ["demo"]],
+    [[], ["--nodes", "3"], ["--timeout", "7", "--nodes", "20"], ["--help"], ["demo"]],
 )
 def test_meshd_demo_forwards_arguments(monkeypatch: pytest.MonkeyPatch, args: list[str]) -> None:
     seen: list[list[str]] = []
@@ -98,13 +104,42 @@ def test_meshd_demo_forwards_arguments(monkeypatch: pytest.MonkeyPatch, args: li
         return 0
 
     _fake_demo(monkeypatch, main)
+    _fake_demo(monkeypatch, _refuse, "meshd.testing.demo")
     assert daemon.main(["demo", *args]) == ExitStatus.OK
     assert seen == [args]
 
 
-def test_meshd_demo_passes_exit_status_through(monkeypatch: pytest.MonkeyPatch) -> None:
-    _fake_demo(monkeypatch, lambda argv=None: 5)
-    assert daemon.main(["demo"]) == 5
+@pytest.mark.parametrize(
+    ("args", "forwarded"),
+    [
+        (["--simulated"], []),
+        (["--simulated", "--nodes", "3"], ["--nodes", "3"]),
+        (["--seed", "7", "--simulated", "--nodes", "20"], ["--seed", "7", "--nodes", "20"]),
+        (["--simulated", "--help"], ["--help"]),
+    ],
+)
+def test_meshd_demo_simulated_forwards_the_rest(
+    monkeypatch: pytest.MonkeyPatch, args: list[str], forwarded: list[str]
+) -> None:
+    seen: list[list[str]] = []
+
+    def main(argv: list[str] | None = None) -> int:
+        seen.append(list(argv or []))
+        return 0
+
+    _fake_demo(monkeypatch, _refuse)
+    _fake_demo(monkeypatch, main, "meshd.testing.demo")
+    assert daemon.main(["demo", *args]) == ExitStatus.OK
+    assert seen == [forwarded]
+
+
+@pytest.mark.parametrize("module", ["meshd.cli.demo", "meshd.testing.demo"])
+def test_meshd_demo_passes_exit_status_through(
+    monkeypatch: pytest.MonkeyPatch, module: str
+) -> None:
+    _fake_demo(monkeypatch, lambda argv=None: 5, module)
+    extra = ["--simulated"] if module == "meshd.testing.demo" else []
+    assert daemon.main(["demo", *extra]) == 5
 
 
 def test_meshd_demo_usage_error_is_returned(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -121,6 +156,14 @@ def test_meshd_demo_ctrl_c_is_interrupted(monkeypatch: pytest.MonkeyPatch) -> No
 
     _fake_demo(monkeypatch, main)
     assert daemon.main(["demo"]) == ExitStatus.INTERRUPTED
+
+
+def test_meshd_demo_rejects_bad_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    # The real demo's own validation, before it starts anything.
+    assert daemon.main(["demo", "--nodes", "31"]) == ExitStatus.USAGE
+    assert "--nodes must be within 2..30" in capsys.readouterr().err
+    assert daemon.main(["demo", "--timeout", "0"]) == ExitStatus.USAGE
+    assert "--timeout must be > 0" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------

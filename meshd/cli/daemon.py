@@ -37,11 +37,13 @@ Set up and run a node:
   meshd keygen                       print a new cluster secret
   meshd check-config FILE            validate a config file, its secret and ports
 
-To watch the protocol at work, run a simulated mesh in this process:
+To watch the protocol at work:
 
-  meshd demo                         a simulated 5-node mesh
-  meshd demo --nodes 20              a bigger one
+  meshd demo                         5 real daemons on 127.0.0.1: kill one, see it
+                                     detected, restart it, see it rejoin
+  meshd demo --nodes 10              a bigger mesh
   meshd demo --help                  all of the demo's options
+  meshd demo --simulated             a simulated mesh on virtual time, in this process
 
 'meshd COMMAND --help' describes each command.
 """
@@ -57,8 +59,17 @@ exit status:
 
 
 def _demo(args: list[str]) -> int:
-    """Run :func:`meshd.testing.demo.main` with ``args`` (imported only now)."""
-    demo = importlib.import_module("meshd.testing.demo")
+    """``meshd demo``: real daemons on loopback, or with ``--simulated`` the simulator.
+
+    Without ``--simulated``, ``args`` go to :func:`meshd.cli.demo.main`; with
+    it (anywhere in ``args``), the other arguments go to
+    :func:`meshd.testing.demo.main`. Either is imported only now.
+    """
+    if "--simulated" in args:
+        rest = [a for a in args if a != "--simulated"]
+        simulated = importlib.import_module("meshd.testing.demo")
+        return int(simulated.main(rest))
+    demo = importlib.import_module("meshd.cli.demo")
     return int(demo.main(args))
 
 
@@ -100,9 +111,10 @@ def _run(parser: argparse.ArgumentParser, args: list[str]) -> int:
         match, _ = group.split(ConfigError)
         if match is None:
             raise
-        while isinstance(match, BaseExceptionGroup):
-            match = match.exceptions[0]
-        raise match from None
+        first: BaseException = match
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
 
 
 def _keygen(parser: argparse.ArgumentParser, args: list[str]) -> int:
@@ -222,14 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_commands(commands)
     demo = commands.add_parser(
         "demo",
-        help="run a simulated mesh in this process and show membership live",
+        help="run real daemons on 127.0.0.1: kill one, watch it detected and rejoin",
         description=(
-            "Run a simulated mesh in this process and show membership live. "
-            "All arguments after 'demo' go to the simulator; "
-            "'meshd demo --help' lists them."
+            "Start real meshd daemons on 127.0.0.1 in a temporary directory, kill one "
+            "with SIGKILL, show its detection, restart it, show it rejoin, stop all. "
+            "All arguments after 'demo' go to the demo; 'meshd demo --help' lists them. "
+            "'meshd demo --simulated [OPTIONS]' runs the in-process simulator instead; "
+            "'meshd demo --simulated --help' lists its options."
         ),
-        # The demo parses its own options (--nodes, --seed, ...), so --help
-        # must reach it instead of being answered here.
+        # The demos parse their own options (--nodes, --seed, ...), so --help
+        # must reach them instead of being answered here.
         add_help=False,
     )
     handler: _Handler = _demo
@@ -256,7 +270,8 @@ def _add_config_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     run.add_argument(
         "--config",
         metavar="FILE",
-        help="the configuration file (default: $CONFIGURATION_DIRECTORY/meshd.toml, else ./meshd.toml)",
+        help="the configuration file "
+        "(default: $CONFIGURATION_DIRECTORY/meshd.toml, else ./meshd.toml)",
     )
     run.add_argument(
         "--log-level",

@@ -176,7 +176,6 @@ class _Demo:
         self.root: Path | None = None
         # The live line being drawn: its text without the clock, its start.
         self._live_text: str | None = None
-        self._live_origin = 0.0
         self._live_first = 0.0
         self._live_drawn = 0.0
 
@@ -198,6 +197,11 @@ class _Demo:
             except _PhaseFailed as failure:
                 self._end_live()
                 self._report(failure)
+                keep = True
+            except ControlError as exc:
+                # A control request that had to succeed (not a poll) failed.
+                self._end_live()
+                self._report(_PhaseFailed(str(exc), logs=self._names_in(str(exc))))
                 keep = True
             except KeyboardInterrupt:
                 self._end_live()
@@ -230,18 +234,12 @@ class _Demo:
             )
             self._write(f"    {name}  127.0.0.1:{cluster.ports[name]:<5}  udp+tcp  {role}")
         start = time.monotonic()
-        for name in self.names:
-            cluster.start(name, wait=False)
-        def answering() -> tuple[bool, str]:
-            count = sum(1 for n in self.names if self._answers(n))
-            return count == self.n, f"control sockets answering: {count}/{self.n}"
-
-        self._poll(
-            answering,
-            f"not every daemon opened its control socket within {self.timeout:g} s",
-            logs=lambda: [n for n in self.names if not self._answers(n)][:1],
+        # The seed first: the others join through it as soon as they start.
+        self._start_and_wait([first], "the seed's control socket answering")
+        self._start_and_wait(self.names[1:], "control sockets answering")
+        self.say(
+            f"all {self.n} daemons are up ({time.monotonic() - start:.1f} s); forming the mesh"
         )
-        self.say(f"all {self.n} daemons are up ({time.monotonic() - start:.1f} s); forming the mesh")
 
         def complete() -> tuple[bool, str]:
             views = self._views(self.names)
@@ -262,6 +260,30 @@ class _Demo:
             f"{self.results['form']:.1f} s after the first start"
         )
         self._status_table(first)
+
+    def _names_in(self, text: str) -> list[str]:
+        """The node names ``text`` starts with (a ControlError names its node first)."""
+        return [n for n in self.names if text.startswith(f"{n}:") or text.startswith(f"{n} ")]
+
+    def _survivors_see(self) -> str:
+        count = len(self.survivors)
+        return f"all {count} survivors see" if count > 1 else "the survivor sees"
+
+    def _start_and_wait(self, names: list[str], what: str) -> None:
+        """Start ``names`` and poll until each one's control socket answers."""
+        cluster = self._cluster()
+        for name in names:
+            cluster.start(name, wait=False)
+
+        def answering() -> tuple[bool, str]:
+            count = sum(1 for n in names if self._answers(n))
+            return count == len(names), f"{what}: {count}/{len(names)}"
+
+        self._poll(
+            answering,
+            f"not every daemon opened its control socket within {self.timeout:g} s",
+            logs=lambda: [n for n in names if not self._answers(n)][:1],
+        )
 
     def _kill_and_detect(self) -> None:
         cluster = self._cluster()
@@ -293,7 +315,7 @@ class _Demo:
         self.results["suspect"] = first_suspect[0] if first_suspect else self.results["detect"]
         self.dead_incarnation = cluster.incarnation(survivors[0], victim)
         self.say(
-            f"{self._paint('detected', '1')}: all {len(survivors)} survivors see {victim} "
+            f"{self._paint('detected', '1')}: {self._survivors_see()} {victim} "
             f"dead {self.results['detect']:.1f} s after the SIGKILL "
             f"(first suspected after {self.results['suspect']:.1f} s)"
         )
@@ -345,9 +367,13 @@ class _Demo:
         self.say(
             f"{self._paint('rejoined', '1')}: every node sees {victim} alive "
             f"{self.results['rejoin']:.1f} s after the restart; node id {node_id} unchanged, "
-            f"incarnation {self.dead_incarnation} -> {incarnation} "
-            f"({survivors[0]} sees {seen_incarnation}): the higher incarnation "
-            "overrides the 'dead' verdict"
+            f"incarnation {self.dead_incarnation} -> {incarnation}"
+            + (
+                ""
+                if seen_incarnation == incarnation
+                else f" ({survivors[0]} sees {seen_incarnation})"
+            )
+            + ": the higher incarnation overrides the 'dead' verdict"
         )
         self._status_table(survivors[0])
 
@@ -372,7 +398,9 @@ class _Demo:
             line = f"    {name}: exit status 0 after {took:.1f} s"
             if remaining:
                 self._await_left(name, remaining)
-                line += f"; {len(remaining)}/{len(remaining)} remaining see it {self._status('left')}"
+                line += (
+                    f"; {len(remaining)}/{len(remaining)} remaining see it {self._status('left')}"
+                )
             self._write(line)
         self.results["stop"] = time.monotonic() - start
         self.say(f"all {self.n} daemons exited 0 after a graceful leave")
@@ -392,7 +420,7 @@ class _Demo:
             (
                 "detection",
                 self.results["detect"],
-                f"after the SIGKILL, until all {len(self.survivors)} survivors see it dead",
+                f"after the SIGKILL, until {self._survivors_see()} it dead",
             ),
             (
                 "rejoin",
@@ -405,7 +433,9 @@ class _Demo:
         for label, seconds, note in rows:
             self._write(f"    {label:<16} {seconds:6.1f} s   {note}")
         self._write(f"    {'total':<16} {time.monotonic() - self.started:6.1f} s")
-        if not self.keep:
+        if self.keep:
+            self._write(f"    {'logs':<16} {self.root}/node-1.log … {self.victim}.log (kept)")
+        else:
             self._write("    (the temporary directory is removed; --keep keeps it, with the logs)")
 
     # ------------------------------------------------------------ waiting
@@ -510,7 +540,6 @@ class _Demo:
         if text != self._live_text:
             self._end_live()
             self._live_text = text
-            self._live_origin = origin
             self._live_first = now - origin
             self._live_drawn = 0.0
             if not self.live:
@@ -539,7 +568,7 @@ class _Demo:
             self._write(f"  last lines of {path}:")
             for line in _tail(path):
                 self._write(f"    {line}")
-        self._write(f"  every daemon's log is {self.root}/node-N.log")
+        self._write(f"  the daemons' logs: {self.root}/node-1.log … {self.victim}.log")
 
     def say(self, text: str) -> None:
         stamp = self._paint(f"[+{time.monotonic() - self.started:5.1f}s]", "2")
