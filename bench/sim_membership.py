@@ -57,7 +57,7 @@ FULL = Plan(
     dissemination_trials=5,
     crashes=20,
     load_window=180.0,
-    false_death_seconds={10: 3600.0, 100: 900.0, 1000: 180.0},
+    false_death_seconds={10: 3600.0, 100: 900.0, 1000: 60.0},
 )
 QUICK = Plan(
     sizes=[10, 100],

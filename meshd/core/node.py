@@ -102,8 +102,9 @@ STREAM_REFUSED = "connection refused"
 _HEADER_RESERVE = 3
 _SEQ_MASK = (1 << 64) - 1
 # Direct reminders sent to a suspect before our timer may declare it dead
-# (at 1/2 and 3/4 of the way to the deadline).
-_REFUTE_CHECKS = 2
+# (one, halfway to the deadline). Only members still suspecting by then send
+# one, which are mostly those that missed the refutation.
+_REFUTE_CHECKS = 1
 _INF = math.inf
 
 
@@ -177,7 +178,9 @@ class NodeCore:
         # not probe and gossip in lock step.
         self._next_probe_at = now + rng.random() * config.probe_interval
         self._relays: dict[int, IndirectRelay] = {}
-        self._seq = 0
+        # Sequence numbers start at a random point each boot, so acks recorded
+        # in an earlier life of this node cannot answer this life's probes.
+        self._seq = rng.randrange(0, 1 << 32)
         #: Suspects to remind of their suspicion: id -> (when, reminders left).
         self._refute_checks: dict[NodeId, tuple[float, int]] = {}
         # The earliest suspicion deadline or reminder, cached: next_deadline()
@@ -943,7 +946,12 @@ class NodeCore:
     # ================================================================ leave, reap
 
     def _check_leave(self, now: float) -> None:
-        if not self._queue.pending(self._id) or now >= self._leave_deadline:
+        if (
+            not self._queue.pending(self._id)
+            or now >= self._leave_deadline
+            # Everyone else is gone or leaving too: nobody left to tell.
+            or not any(e.state in (MemberState.ALIVE, MemberState.SUSPECT) for e in self._table)
+        ):
             self._finish_leave()
 
     def _finish_leave(self) -> None:

@@ -480,8 +480,8 @@ class Daemon:
             return StreamResult(req.request_id, error=e.strerror or str(e))
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, FrameError) as e:
             self.counters["stream_errors"] += 1
-            log.debug("stream to %s failed: %r", _addr(req.address), e)
-            return StreamResult(req.request_id, error=f"stream failed: {e or type(e).__name__}")
+            log.debug("stream to %s failed: %s", _addr(req.address), _describe(e))
+            return StreamResult(req.request_id, error=f"stream failed: {_describe(e)}")
 
     async def _serve_streams(
         self, listeners: list[trio.SocketListener], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -529,7 +529,7 @@ class Daemon:
                 self.counters["stream_timeouts"] += 1
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, FrameError) as e:
                 self.counters["streams_refused"] += 1
-                log.debug("inbound stream failed: %s", e)
+                log.debug("inbound stream failed: %s", _describe(e))
 
     def _answer_stream(self, peer: str, data: bytes, source: Address) -> bytes | None:
         """One inbound frame from an authenticated ``peer``: check, route, answer."""
@@ -816,6 +816,11 @@ class _CommandFailed(Exception):
 
 
 # ==================================================================== helpers
+
+
+def _describe(e: BaseException) -> str:
+    """A readable reason: trio's BrokenResourceError has none of its own."""
+    return str(e) or str(e.__cause__ or "") or type(e).__name__
 
 
 def _family(host: str) -> int:
