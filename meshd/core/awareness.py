@@ -25,9 +25,9 @@
 #
 # Deltas the core applies (memberlist state.go probeNode and refute):
 #
-#   -1  a probe succeeded: a direct ack, an indirect ack, or the TCP
-#       fallback ping reached the target. We answered in time, so we are
-#       probably healthy.
+#   -1  a probe's ack arrived within probe_timeout of the ping (however
+#       early the probe escalated). A late, indirect or TCP-only success
+#       changes nothing: it shows the target is up, not that we are fast.
 #   +(expected_nacks - received_nacks)
 #       a probe failed and some ping-req helpers were able to send nacks:
 #       each helper that did not even nack us means our own traffic is

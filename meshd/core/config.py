@@ -9,7 +9,6 @@ knobs into a timeout or a count lives in ``timing.py`` and nowhere else.
 from __future__ import annotations
 
 import attrs
-from attrs import validators as v
 
 from meshd.errors import ConfigError
 
@@ -29,6 +28,12 @@ def _at_least_one(instance: object, attribute: attrs.Attribute[int], value: int)
 def _non_negative(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
     if value < 0:
         raise ConfigError(f"membership.{attribute.name} must be >= 0, got {value!r}")
+
+
+def _meta_size(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    # The codec accepts at most 1024 bytes of metadata in an alive message.
+    if not 0 <= value <= 1024:
+        raise ConfigError(f"membership.{attribute.name} must be 0..1024 bytes, got {value!r}")
 
 
 @attrs.frozen(kw_only=True)
@@ -101,7 +106,8 @@ class MembershipConfig:
     #: ``score + 1`` with ``score`` in ``0 .. awareness_max_multiplier - 1``.
     awareness_max_multiplier: int = attrs.field(default=8, validator=_at_least_one)
 
-    #: Deadline for a stream exchange (push-pull, TCP fallback ping).
+    #: Deadline for a stream exchange (push-pull, join, keyring operation);
+    #: the TCP fallback ping uses the rest of its protocol period instead.
     tcp_timeout: float = attrs.field(default=10.0, validator=_positive)
 
     #: Try a stream (TCP) ping in parallel with ping-req when the direct ping
@@ -116,7 +122,7 @@ class MembershipConfig:
     #: Dead and left members stay listed this long, then are reaped.
     reap_timeout: float = attrs.field(default=3600.0, validator=_non_negative)
 
-    #: Every this often one dead/left/reaped address is tried again with a
+    #: Every this often one dead or reaped-dead address is tried again with a
     #: push-pull join, so the halves of a healed partition merge by themselves.
     #: Zero disables reconnecting.
     reconnect_interval: float = attrs.field(default=30.0, validator=_non_negative)
@@ -130,7 +136,7 @@ class MembershipConfig:
 
     #: Cap on node metadata (tags), in bytes; bigger metadata is refused with
     #: a clear error, since it must fit in one alive message inside a packet.
-    meta_max_size: int = attrs.field(default=512, validator=v.and_(v.ge(0), v.le(1024)))
+    meta_max_size: int = attrs.field(default=512, validator=_meta_size)
 
     def __attrs_post_init__(self) -> None:
         if self.probe_timeout_min > self.probe_timeout:

@@ -61,11 +61,13 @@
 #
 # Limits the runtime must respect (documented here, enforced there):
 #
-# * The epoch must strictly increase across restarts of a sender (e.g. the
-#   wall clock at boot, in seconds, raised above the last persisted epoch),
-#   and the counter must never repeat within an epoch. Otherwise receivers
-#   drop the restarted sender's packets as STALE/REPLAY until it sends a
-#   counter above the old one.
+# * meshd's runtime draws the epoch at random (64 bits) at every boot and
+#   keys the ReplayGuard by it: every boot of a sender gets its own window,
+#   so a restarted sender is never mistaken for a replayer, and the packets
+#   of an earlier boot stay REPLAY/STALE in that boot's window for as long
+#   as the guard remembers it. (A ReplayWindow fed several epochs of one
+#   sender instead treats an older epoch as STALE; the runtime does not
+#   need that.) The counter must never repeat within an epoch.
 # * Receivers keep windows in memory only: a receiver that restarts (or
 #   evicts a sender from its ReplayGuard) accepts, once, recorded packets
 #   from the sender's current epoch. Incarnation numbers still make old
@@ -170,7 +172,7 @@ def seal(
         keyring: the primary key encrypts.
         cluster: the cluster name, authenticated (not sent).
         compound: the encoded compound (codec.encode_compound).
-        epoch: this node's boot epoch, u64; strictly increases across restarts.
+        epoch: this node's boot epoch, u64 (meshd: random per boot).
         counter: this packet's number within the epoch, u64; never repeats.
         nonce: 12 fresh random bytes (the runtime draws them).
 

@@ -480,6 +480,14 @@ class NodeCore:
             self._stats["suspicions"] += 1
             self._schedule_refute_check(entry, now, _REFUTE_CHECKS)
             self._out.append(MemberSuspected(entry.snapshot(), msg.accuser))
+        elif outcome is Outcome.CONFIRMED and msg.node in self._refute_checks:
+            # A confirmation pulled the deadline in: keep the reminder
+            # halfway to the new deadline, not after it.
+            entry = self._table.get(msg.node)
+            assert entry is not None and entry.suspicion is not None
+            at, left = self._refute_checks[msg.node]
+            if at > now + (entry.suspicion.deadline - now) / 2:
+                self._schedule_refute_check(entry, now, left)
 
     def _on_dead(self, msg: Dead, source: Address, now: float) -> None:
         if msg.node == self._id:

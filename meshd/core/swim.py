@@ -6,8 +6,9 @@ Theory of operation (SWIM §3–4, memberlist state.go probe/probeNode):
    *randomized round-robin* order: the member list is shuffled, walked once,
    then reshuffled. Compared with picking at random every time, this bounds
    the time until a failed member is first probed (at most 2N − 1 periods).
-2. A probe sends a ping and waits ``probe_timeout`` for the ack. If none
-   comes, it asks ``indirect_checks`` other members to ping the target for us
+2. A probe sends a ping and waits for the ack until it is overdue by the
+   member's measured round-trip time (``timing.escalation_timeout``: between
+   ``probe_timeout_min`` and ``probe_timeout``). If none comes, it asks ``indirect_checks`` other members to ping the target for us
    (ping-req) and, in parallel, asks the runtime for a stream (TCP) ping,
    which tells "UDP is filtered" apart from "the node is down".
 3. The probe fails if no ack arrived by the end of the (health-scaled)

@@ -147,18 +147,6 @@ def test_config_probe_timeout_min_above_probe_timeout_names_both() -> None:
     assert "membership.probe_timeout " in str(info.value)
 
 
-# config.py checks meta_max_size with attrs' ge/le validators, which raise a
-# plain ValueError ("'meta_max_size' must be <= 1024: 2000") instead of a
-# ConfigError naming membership.meta_max_size. Strict: when config.py is
-# fixed these pass and the marker must go.
-_META_VALIDATOR_BUG = pytest.mark.xfail(
-    raises=ValueError,
-    strict=True,
-    reason="config.py: meta_max_size uses attrs v.ge/v.le (ValueError), not ConfigError",
-)
-
-
-@_META_VALIDATOR_BUG
 @pytest.mark.parametrize("size", [1025, 4096, -1])
 def test_config_meta_max_size_out_of_range_names_the_field(size: int) -> None:
     with pytest.raises(ConfigError, match=r"membership\.meta_max_size\b"):
