@@ -92,15 +92,48 @@ import urllib.parse
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+
+def _load_crypto() -> None:
+    """Import the X.509 machinery on first use.
+
+    Only certificate work (deriving the CA, issuing or checking a leaf,
+    checking operator PKI files) needs it. The daemon does that work in a
+    short-lived child process (:func:`isolated_identity`), so the long-running
+    process never loads ``cryptography.x509`` (about 2-3 MiB of resident
+    memory); building contexts and checking peers needs only :mod:`ssl`.
+    """
+    if "x509" in globals():
+        return
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    globals().update(
+        x509=x509,
+        InvalidSignature=InvalidSignature,
+        UnsupportedAlgorithm=UnsupportedAlgorithm,
+        hashes=hashes,
+        serialization=serialization,
+        Ed25519PrivateKey=Ed25519PrivateKey,
+        HKDF=HKDF,
+        ExtendedKeyUsageOID=ExtendedKeyUsageOID,
+        NameOID=NameOID,
+    )
 
 from meshd.errors import ConfigError, RemoteProtocolError
 
@@ -200,6 +233,7 @@ def derive_ca(secret: bytes, cluster: str) -> tuple[bytes, Ed25519PrivateKey]:
     Raises:
         ValueError: the secret is too short or the cluster name is empty.
     """
+    _load_crypto()
     if len(secret) < MIN_SECRET_SIZE:
         raise ValueError(f"cluster secret must be at least {MIN_SECRET_SIZE} bytes")
     if not cluster:
@@ -276,6 +310,7 @@ def derived_identity(
         ConfigError: the key file is not an Ed25519 key, or the state
             directory cannot be written.
     """
+    _load_crypto()
     if not node_id:
         raise ValueError("node id must not be empty")
     _require_aware(now)
@@ -546,6 +581,7 @@ def pki_identity(
     Raises:
         ConfigError: naming the ``[tls]`` setting at fault.
     """
+    _load_crypto()
     when = datetime.now(UTC) if now is None else _require_aware(now)
     ca_where = f"[tls] ca_file = {ca_file}"
     cert_where = f"[tls] cert_file = {cert_file}"
@@ -706,6 +742,7 @@ def _self_handshake(identity: TlsIdentity) -> None:
     Raises:
         ssl.SSLError: OpenSSL refused the certificate (either side's verdict).
     """
+    _load_crypto()
     client_in, client_out = ssl.MemoryBIO(), ssl.MemoryBIO()
     server_in, server_out = ssl.MemoryBIO(), ssl.MemoryBIO()
     client = client_context(identity).wrap_bio(client_in, client_out, server_side=False)
@@ -902,6 +939,7 @@ def _san_uris(cert: x509.Certificate) -> list[str]:
 
 
 def _cert_node_id(cert: x509.Certificate) -> str | None:
+    _load_crypto()
     cns = [str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     return _node_id_from_names(_san_uris(cert), cns)
 
@@ -922,3 +960,100 @@ def _require_aware(now: datetime) -> datetime:
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware (e.g. datetime.now(UTC))")
     return now
+
+
+########################################################################
+# Certificate work in a child process
+########################################################################
+
+
+def isolated_identity(request: dict[str, str]) -> TlsIdentity:
+    """Build this node's identity in a short-lived child process.
+
+    Same result as :func:`derived_identity` (``request["mode"] == "derived"``,
+    with ``secret`` in base64, ``cluster``, ``node_id``, ``state_dir``) or
+    :func:`pki_identity` (``"pki"``, with ``ca_file``, ``cert_file``,
+    ``key_file``, ``node_id``), but the X.509 code never loads into the
+    calling process. The request (which holds the secret) travels on the
+    child's stdin, never on its command line. The child's log lines are
+    relayed to this process's log.
+
+    Raises:
+        ConfigError: the child reported a configuration problem, or failed.
+    """
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "meshd.runtime.tls"],
+        input=json.dumps(request).encode(),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    for line in proc.stderr.decode(errors="replace").splitlines():
+        logger.info("%s", line)
+    try:
+        reply = json.loads(proc.stdout)
+    except ValueError:
+        raise ConfigError(
+            f"the TLS identity helper failed (exit status {proc.returncode}); see the log above"
+        ) from None
+    if not reply.get("ok"):
+        raise ConfigError(str(reply.get("error", "the TLS identity helper failed")))
+    ident = reply["identity"]
+    return TlsIdentity(
+        node_id=ident["node_id"],
+        ca_pem=ident["ca_pem"].encode(),
+        cert_pem=ident["cert_pem"].encode(),
+        key_pem=ident["key_pem"].encode(),
+        ca_fingerprint=ident["ca_fingerprint"],
+    )
+
+
+def _main() -> int:
+    """``python -m meshd.runtime.tls``: the child side of :func:`isolated_identity`."""
+    import base64
+    import json
+    import sys
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    request = json.load(sys.stdin)
+    try:
+        if request["mode"] == "pki":
+            identity = pki_identity(
+                Path(request["ca_file"]),
+                Path(request["cert_file"]),
+                Path(request["key_file"]),
+                request["node_id"],
+            )
+        else:
+            identity = derived_identity(
+                base64.b64decode(request["secret"]),
+                request["cluster"],
+                request["node_id"],
+                Path(request["state_dir"]),
+                now=datetime.now(UTC),
+            )
+    except (ConfigError, ValueError) as exc:
+        json.dump({"ok": False, "error": str(exc)}, sys.stdout)
+        return 78
+    json.dump(
+        {
+            "ok": True,
+            "identity": {
+                "node_id": identity.node_id,
+                "ca_pem": identity.ca_pem.decode(),
+                "cert_pem": identity.cert_pem.decode(),
+                "key_pem": identity.key_pem.decode(),
+                "ca_fingerprint": identity.ca_fingerprint,
+            },
+        },
+        sys.stdout,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
