@@ -231,6 +231,21 @@ class LocalCluster:
             return False
 
     @staticmethod
+    def holds_for(predicate: Callable[[], bool], seconds: float, interval: float = 0.1) -> str | None:
+        """Check that ``predicate`` keeps holding for ``seconds`` (e.g. "never dead").
+
+        Returns None if it always held, else when it first failed. (Something
+        that must *not* happen has no event to wait for: sample it.)
+        """
+        start = time.monotonic()
+        while True:
+            if not predicate():
+                return f"failed after {time.monotonic() - start:.2f} s"
+            if time.monotonic() - start >= seconds:
+                return None
+            time.sleep(interval)
+
+    @staticmethod
     def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
         """Poll ``predicate`` until it holds or ``timeout`` seconds pass."""
         deadline = time.monotonic() + timeout

@@ -101,19 +101,6 @@ def wait_for(c: LocalCluster, predicate: Callable[[], bool], timeout: float, wha
     return time.monotonic() - start
 
 
-def holds_throughout(
-    predicate: Callable[[], bool], seconds: float, interval: float = 0.1
-) -> str | None:
-    """Check ``predicate`` for ``seconds``; None if it always held, else when it first failed."""
-    start = time.monotonic()
-    while True:
-        if not predicate():
-            return f"failed after {time.monotonic() - start:.2f} s"
-        if time.monotonic() - start >= seconds:
-            return None
-        time.sleep(interval)
-
-
 def meshctl(*args: str) -> subprocess.CompletedProcess[str]:
     """Run meshctl as a subprocess (the console script's code, whatever the venv)."""
     env = {k: v for k, v in os.environ.items() if k != "MESHCTL_SOCKET"}
@@ -323,7 +310,7 @@ def test_sigterm_exits_0_and_others_see_left_never_dead(
 
     assert c.terminate(leaver) == 0
     wait_for(c, lambda: c.all_see(leaver, "left", others), GOSSIP_S, f"everyone sees {leaver} left")
-    failure = holds_throughout(lambda: c.all_see(leaver, "left", others), QUIET_S)
+    failure = LocalCluster.holds_for(lambda: c.all_see(leaver, "left", others), QUIET_S)
     assert failure is None, f"{leaver} did not stay 'left' everywhere: {failure}: " + str(
         {o: c.view(o).get(leaver) for o in others}
     )
@@ -389,7 +376,7 @@ def test_daemon_with_another_secret_never_joins(shared_cluster: LocalCluster) ->
             return all(name not in c.view(n) for n in c.names) and set(c.view(name)) == {name}
 
         # The join retry interval is 5 s: watch long enough for a retry.
-        failure = holds_throughout(nobody_lists_it, QUIET_S + 1.0)
+        failure = LocalCluster.holds_for(nobody_lists_it, QUIET_S + 1.0)
         assert failure is None, f"the intruder got into a member list: {failure}"
         assert converged(c, c.names)
         after = counters(c, "node-1")
@@ -527,7 +514,7 @@ def test_tls_streams_refuse_strangers_and_impostors(shared_cluster: LocalCluster
         wait_counter(c, "node-1", before, "stream_identity_mismatch", 2)
 
     assert c.incarnation("node-1", "node-2") == node2_inc
-    failure = holds_throughout(lambda: converged(c, c.names), 1.0)
+    failure = LocalCluster.holds_for(lambda: converged(c, c.names), 1.0)
     assert failure is None, f"the forged push-pull changed the membership: {failure}"
 
 
@@ -668,7 +655,7 @@ def test_key_rotation_across_the_cluster(cluster: Callable[..., LocalCluster]) -
         assert c.request(n, "info")["primary_key"] == new_fp
     # Everyone now seals with the new key; gossip keeps flowing and opening.
     received = {n: counters(c, n).get("packets_received", 0) for n in c.names}
-    failure = holds_throughout(lambda: converged(c, c.names), 3.0)
+    failure = LocalCluster.holds_for(lambda: converged(c, c.names), 3.0)
     assert failure is None, f"membership broke after 'keys use': {failure}"
     for n in c.names:
         assert counters(c, n).get("packets_received", 0) > received[n], f"{n} received nothing"
@@ -676,7 +663,7 @@ def test_key_rotation_across_the_cluster(cluster: Callable[..., LocalCluster]) -
     proc = meshctl("--socket", sock, "keys", "remove", old_key)
     assert proc.returncode == 0, proc.stderr
     assert key_list() == {new_fp: (True, 5)}
-    failure = holds_throughout(lambda: converged(c, c.names), 2.0)
+    failure = LocalCluster.holds_for(lambda: converged(c, c.names), 2.0)
     assert failure is None, f"membership broke after 'keys remove': {failure}"
     assert undecryptable() == rejected_before, (
         "some node could not open a packet during the rotation"
