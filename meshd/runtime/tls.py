@@ -985,6 +985,9 @@ def isolated_identity(request: dict[str, str]) -> TlsIdentity:
     import subprocess
     import sys
 
+    cached = _cached_identity(request)
+    if cached is not None:
+        return cached
     proc = subprocess.run(
         [sys.executable, "-m", "meshd.runtime.tls"],
         input=json.dumps(request).encode(),
@@ -1010,6 +1013,64 @@ def isolated_identity(request: dict[str, str]) -> TlsIdentity:
         key_pem=ident["key_pem"].encode(),
         ca_fingerprint=ident["ca_fingerprint"],
     )
+
+
+# After the child has derived or checked a node's certificate it leaves a
+# stamp (tls/identity.json, no secrets in it: the CA and leaf certificates
+# are public, the key stays in node.key). A restart with the same secret,
+# cluster and node id, and a leaf that is still far from expiry, then skips
+# the child process (and its X.509 imports) altogether.
+_STAMP_NAME = "identity.json"
+
+
+def _stamp_inputs(request: dict[str, str]) -> str:
+    # A one-way digest of what the identity was derived from: a changed
+    # secret, cluster name or node id never matches an old stamp.
+    fields = [request["mode"], request["secret"], request["cluster"], request["node_id"]]
+    return hashlib.sha256("\0".join(fields).encode()).hexdigest()
+
+
+def _cached_identity(request: dict[str, str]) -> TlsIdentity | None:
+    import json
+
+    if request.get("mode") != "derived":
+        return None  # operator PKI files may change at any time: always check
+    tls_dir = Path(request["state_dir"]) / TLS_DIR_NAME
+    try:
+        stamp = json.loads((tls_dir / _STAMP_NAME).read_text())
+        cert_pem = (tls_dir / CERT_FILE_NAME).read_bytes()
+        key_pem = (tls_dir / KEY_FILE_NAME).read_bytes()
+        fresh_until = datetime.fromisoformat(stamp["renew_after"])
+        if (
+            stamp["inputs"] != _stamp_inputs(request)
+            or stamp["cert_sha256"] != hashlib.sha256(cert_pem).hexdigest()
+            or datetime.now(UTC) >= fresh_until
+        ):
+            return None
+        return TlsIdentity(
+            node_id=request["node_id"],
+            ca_pem=stamp["ca_pem"].encode(),
+            cert_pem=cert_pem,
+            key_pem=key_pem,
+            ca_fingerprint=stamp["ca_fingerprint"],
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_stamp(request: dict[str, str], identity: TlsIdentity) -> None:
+    import json
+
+    _load_crypto()
+    cert = x509.load_pem_x509_certificate(identity.cert_pem)
+    stamp = {
+        "inputs": _stamp_inputs(request),
+        "cert_sha256": hashlib.sha256(identity.cert_pem).hexdigest(),
+        "renew_after": (cert.not_valid_after_utc - LEAF_RENEW_MARGIN).isoformat(),
+        "ca_pem": identity.ca_pem.decode(),
+        "ca_fingerprint": identity.ca_fingerprint,
+    }
+    _replace_file(Path(request["state_dir"]) / TLS_DIR_NAME / _STAMP_NAME, json.dumps(stamp).encode(), 0o644)
 
 
 def _main() -> int:
@@ -1039,6 +1100,11 @@ def _main() -> int:
     except (ConfigError, ValueError) as exc:
         json.dump({"ok": False, "error": str(exc)}, sys.stdout)
         return 78
+    if request["mode"] == "derived":
+        try:
+            _write_stamp(request, identity)
+        except OSError as exc:  # only an optimisation for the next start
+            logger.warning("could not write the TLS identity stamp: %s", exc)
     json.dump(
         {
             "ok": True,

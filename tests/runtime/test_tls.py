@@ -916,3 +916,44 @@ def _public_raw(key: object) -> bytes:
     return key.public_bytes(  # type: ignore[attr-defined,no-any-return]
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+
+
+def _isolated_request(secret: bytes, state_dir: Path, node: str = "alpha") -> dict[str, str]:
+    import base64
+
+    return {
+        "mode": "derived",
+        "secret": base64.b64encode(secret).decode(),
+        "cluster": "meshd",
+        "node_id": node,
+        "state_dir": str(state_dir),
+    }
+
+
+def test_isolated_identity_runs_in_a_child_then_reuses_its_stamp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    secret = bytes(range(32))
+    first = tls.isolated_identity(_isolated_request(secret, tmp_path))
+    assert first.node_id == "alpha"
+    # Same inputs, fresh leaf: no child process the second time.
+    def no_child(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the stamp should have made the child unnecessary")
+
+    monkeypatch.setattr(subprocess, "run", no_child)
+    assert tls.isolated_identity(_isolated_request(secret, tmp_path)) == first
+    # Another secret: the stamp does not match, so the child must run again.
+    monkeypatch.undo()
+    other = tls.isolated_identity(_isolated_request(bytes(range(1, 33)), tmp_path))
+    assert other.ca_fingerprint != first.ca_fingerprint
+    assert other.cert_pem != first.cert_pem
+
+
+def test_isolated_identity_reports_config_errors(tmp_path: Path) -> None:
+    request = _isolated_request(bytes(range(32)), tmp_path)
+    request["mode"] = "pki"
+    request.update(ca_file=str(tmp_path / "nope.pem"), cert_file=str(tmp_path / "c.pem"), key_file=str(tmp_path / "k.pem"))
+    with pytest.raises(ConfigError, match=r"\[tls\]"):
+        tls.isolated_identity(request)
