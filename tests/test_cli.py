@@ -231,3 +231,12 @@ def test_console_script_version(name: str) -> None:
         f"{name} {meshd.__version__}\n",
         "",
     )
+
+
+def test_meshd_run_is_the_default_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Without a subcommand, run's options select run: a missing config file is
+    # reported as a configuration error (78), not as a usage error.
+    missing = tmp_path / "nope.toml"
+    assert daemon.main(["--config", str(missing)]) == ExitStatus.CONFIG
+    assert str(missing) in capsys.readouterr().err
+    assert daemon.main([f"--config={missing}"]) == ExitStatus.CONFIG

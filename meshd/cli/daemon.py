@@ -33,7 +33,8 @@ anti-entropy.
 Set up and run a node:
 
   meshd init --dir /etc/meshd        write meshd.toml and a new cluster secret
-  meshd run --config FILE            run the node in the foreground
+  meshd run --config FILE            run the node in the foreground (run is the
+                                     default command: meshd --config FILE)
   meshd keygen                       print a new cluster secret
   meshd check-config FILE            validate a config file, its secret and ports
 
@@ -115,6 +116,9 @@ def _run(parser: argparse.ArgumentParser, args: list[str]) -> int:
         while isinstance(first, BaseExceptionGroup):
             first = first.exceptions[0]
         raise first from None
+
+
+_RUN_OPTIONS = ("--config", "--log-level")
 
 
 def _keygen(parser: argparse.ArgumentParser, args: list[str]) -> int:
@@ -384,6 +388,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
+        # ``run`` is the default command: ``meshd --config FILE`` runs, and so
+        # does a bare ``meshd`` when the default config file exists.
+        if (not args and _default_config_path().exists()) or (
+            args and args[0].split("=", 1)[0] in _RUN_OPTIONS
+        ):
+            args = ["run", *args]
         namespace, extra = parser.parse_known_args(args)
         if namespace.command is None:
             if extra:
