@@ -152,7 +152,7 @@ class JoinSection:
 
     Attributes:
         seeds: ``(host, port)`` of members to contact; ``host`` may be a DNS name.
-        retry_interval: seconds between join attempts until the first success.
+        retry_interval: longest pause (seconds) between join attempts until the first success; retries start at 0.25 s and double.
     """
 
     seeds: tuple[_Address, ...] = ()

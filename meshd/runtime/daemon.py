@@ -104,6 +104,8 @@ _MAX_INBOUND_STREAMS = 128
 #: Concurrent control connections.
 _MAX_CONTROL_CONNECTIONS = 32
 _CONTROL_TIMEOUT = 30.0
+#: First pause before retrying the seeds; doubles up to [join] retry_interval.
+_FIRST_JOIN_RETRY = 0.25
 
 
 def encode_tags(tags: dict[str, str]) -> bytes:
@@ -189,23 +191,7 @@ class Daemon:
         self.keyring = load_keyring(self._keyring_path, secret)
         # Certificate work runs in a child process (tls.isolated_identity):
         # the daemon itself never loads the X.509 code.
-        if config.tls.mode == "pki":
-            assert config.tls.ca_file and config.tls.cert_file and config.tls.key_file
-            request = {
-                "mode": "pki",
-                "ca_file": str(config.tls.ca_file),
-                "cert_file": str(config.tls.cert_file),
-                "key_file": str(config.tls.key_file),
-                "node_id": node_id,
-            }
-        else:
-            request = {
-                "mode": "derived",
-                "secret": base64.b64encode(secret).decode(),
-                "cluster": self.cluster,
-                "node_id": node_id,
-                "state_dir": str(state_dir),
-            }
+        request = tls.identity_request(config, node_id, secret)
         self.tls = tls.isolated_identity(request)
         self._server_ctx = tls.server_context(self.tls)
         self._client_ctx = tls.client_context(self.tls)
@@ -614,6 +600,7 @@ class Daemon:
         seeds = self.config.join.seeds
         if not seeds:
             return
+        delay = min(_FIRST_JOIN_RETRY, self.config.join.retry_interval)
         while not self._joined.is_set():
             addresses = []
             for host, port in seeds:
@@ -626,8 +613,12 @@ class Daemon:
             addresses = [a for a in addresses if a != self.config.node.advertise]
             if addresses:
                 self._feed(JoinRequested(tuple(addresses)))
-            with trio.move_on_after(self.config.join.retry_interval):
+            # Back off from a quick first retry (seeds started at the same
+            # moment as this node are often a fraction of a second behind)
+            # to [join] retry_interval.
+            with trio.move_on_after(delay):
                 await self._joined.wait()
+            delay = min(delay * 2, self.config.join.retry_interval)
 
     # ================================================================ control socket
 

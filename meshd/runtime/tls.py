@@ -98,6 +98,8 @@ import attrs
 
 if TYPE_CHECKING:
     from cryptography import x509
+
+    from meshd.config import Config
     from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -965,6 +967,28 @@ def _require_aware(now: datetime) -> datetime:
 ########################################################################
 # Certificate work in a child process
 ########################################################################
+
+
+def identity_request(config: Config, node_id: str, secret: bytes) -> dict[str, str]:
+    """What :func:`isolated_identity` needs for this node, from its configuration."""
+    import base64
+
+    if config.tls.mode == "pki":
+        assert config.tls.ca_file and config.tls.cert_file and config.tls.key_file
+        return {
+            "mode": "pki",
+            "ca_file": str(config.tls.ca_file),
+            "cert_file": str(config.tls.cert_file),
+            "key_file": str(config.tls.key_file),
+            "node_id": node_id,
+        }
+    return {
+        "mode": "derived",
+        "secret": base64.b64encode(secret).decode(),
+        "cluster": config.cluster.name,
+        "node_id": node_id,
+        "state_dir": str(config.state.dir),
+    }
 
 
 def isolated_identity(request: dict[str, str]) -> TlsIdentity:

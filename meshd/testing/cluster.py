@@ -28,7 +28,8 @@ from typing import Any
 import tomli_w
 
 from meshd import control
-from meshd.config import generate_secret, write_init
+from meshd.config import generate_secret, load_config, read_secret, write_init
+from meshd.runtime import tls
 
 __all__ = ["ControlError", "LocalCluster"]
 
@@ -104,6 +105,10 @@ class LocalCluster:
                 data.setdefault("membership", {}).update(membership)
                 path.write_text(tomli_w.dumps(data))
             self.configs[name] = path
+            # Issue the TLS identity now, as `meshd init` does, so that starting
+            # a daemon costs what a restart costs.
+            config = load_config(path)
+            tls.isolated_identity(tls.identity_request(config, name, read_secret(self.secret_file)))
         self._ids = itertools.count(1)
 
     # ------------------------------------------------------------ processes
