@@ -409,8 +409,8 @@ class Daemon:
         async for data, address in self._send_out:
             try:
                 await self._udp.sendto(data, address)
-                self.counters["packets_sent"] += 1
-                self.counters["bytes_sent"] += len(data)
+                self.counters["udp_packets_sent"] += 1
+                self.counters["udp_bytes_sent"] += len(data)
             except OSError as e:
                 self.counters["send_errors"] += 1
                 log.debug("send to %s failed: %s", _addr(address), e)
@@ -426,8 +426,8 @@ class Daemon:
                 self.counters["receive_errors"] += 1
                 log.debug("receive failed: %s", e)
                 continue
-            self.counters["packets_received"] += 1
-            self.counters["bytes_received"] += len(data)
+            self.counters["udp_packets_received"] += 1
+            self.counters["udp_bytes_received"] += len(data)
             try:
                 opened = crypto.open_untrusted(self.keyring, self.cluster, data)
             except BadPacket:

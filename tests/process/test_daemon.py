@@ -552,7 +552,7 @@ def test_random_datagram_flood_is_rejected_and_mesh_stays_converged(
     after = counters(c, "node-1")
     print(f"{total} datagrams sent and rejected in {took:.2f} s")
     assert rejected == total
-    assert delta(after, before, "packets_received") >= total
+    assert delta(after, before, "udp_packets_received") >= total
     assert c.request("node-1", "status")["self"] == "node-1"
     wait_for(c, lambda: converged(c, c.names), CONVERGE_S, "all 5 alive everywhere after the flood")
     for o in c.names:
