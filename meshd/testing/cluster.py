@@ -53,7 +53,10 @@ def free_ports(count: int, rng: random.Random | None = None) -> list[int]:
     rng = rng or random.Random()
     ports: list[int] = []
     while len(ports) < count:
-        port = rng.randrange(20000, 60000)
+        # Below Linux's ephemeral range (32768-60999): a port drawn from it
+        # could be taken as some connection's source port while a killed
+        # daemon is down, and its restart would fail with EADDRINUSE.
+        port = rng.randrange(20000, 32768)
         if port not in ports and _port_free(port):
             ports.append(port)
     return ports
