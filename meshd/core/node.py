@@ -196,9 +196,13 @@ class NodeCore:
         # the broadcast queue is empty: see _align_gossip_timer.
         self._gossip_at = now + rng.random() * config.gossip_interval
         self._push_pull_at = (
-            now + rng.random() * config.push_pull_interval if config.push_pull_interval > 0 else _INF
+            now + rng.random() * config.push_pull_interval
+            if config.push_pull_interval > 0
+            else _INF
         )
-        self._reconnect_at = now + config.reconnect_interval if config.reconnect_interval > 0 else _INF
+        self._reconnect_at = (
+            now + config.reconnect_interval if config.reconnect_interval > 0 else _INF
+        )
         #: Reaped dead members: id -> (address, retry until).
         self._reaped: dict[NodeId, tuple[Address, float]] = {}
 
@@ -581,7 +585,9 @@ class NodeCore:
         if self._config.lifeguard and target.state is MemberState.SUSPECT:
             # Buddy system: tell a suspect it is suspected in the same
             # packet, so it can refute at once instead of waiting for gossip.
-            parts.append(codec.encode_message(Suspect(target.incarnation, target.node_id, self._id)))
+            parts.append(
+                codec.encode_message(Suspect(target.incarnation, target.node_id, self._id))
+            )
         self._probe = Probe(
             seq=seq,
             target=target.node_id,
@@ -590,7 +596,10 @@ class NodeCore:
             started_at=now,
             indirect_at=now
             + timing.escalation_timeout(
-                target.srtt, target.rttvar, self._config.probe_timeout_min, self._config.probe_timeout
+                target.srtt,
+                target.rttvar,
+                self._config.probe_timeout_min,
+                self._config.probe_timeout,
             ),
             deadline=now + self._awareness.scale(self._config.probe_interval),
         )
@@ -783,7 +792,9 @@ class NodeCore:
 
     def _start_push_pull(self, now: float) -> None:
         c = self._config
-        self._push_pull_at = now + timing.push_pull_scale(c.push_pull_interval, len(self._table) + 1)
+        self._push_pull_at = now + timing.push_pull_scale(
+            c.push_pull_interval, len(self._table) + 1
+        )
         peers = self._k_random(1, lambda e: e.state is MemberState.ALIVE)
         if not peers:
             return
@@ -810,7 +821,9 @@ class NodeCore:
             OpenStream(
                 request_id=rid,
                 address=address,
-                data=codec.encode_stream(PushPull(join=True, checksum=checksum(state), members=state)),
+                data=codec.encode_stream(
+                    PushPull(join=True, checksum=checksum(state), members=state)
+                ),
                 expect_reply=True,
                 timeout=self._config.tcp_timeout,
             )
@@ -854,7 +867,9 @@ class NodeCore:
             if msg.members is None:
                 state = tuple(self._local_state())
                 mine = checksum(state)
-                reply = PushPull(join=False, checksum=mine, members=None if mine == msg.checksum else state)
+                reply = PushPull(
+                    join=False, checksum=mine, members=None if mine == msg.checksum else state
+                )
             else:
                 self._merge(msg.members, now)
                 if msg.join:
@@ -864,7 +879,9 @@ class NodeCore:
                     reply = PushPull(join=False, checksum=checksum(state), members=state)
         else:
             self._reject(f"unexpected {type(msg).__name__} on a stream", ev.source)
-        self._out.append(ReplyStream(ev.conn_id, None if reply is None else codec.encode_stream(reply)))
+        self._out.append(
+            ReplyStream(ev.conn_id, None if reply is None else codec.encode_stream(reply))
+        )
 
     def _on_stream_result(self, ev: StreamResult, now: float) -> None:
         req = self._requests.pop(ev.request_id, None)
@@ -906,7 +923,9 @@ class NodeCore:
                 OpenStream(
                     request_id=rid,
                     address=req.address,
-                    data=codec.encode_stream(PushPull(join=False, checksum=checksum(state), members=state)),
+                    data=codec.encode_stream(
+                        PushPull(join=False, checksum=checksum(state), members=state)
+                    ),
                     expect_reply=False,
                     timeout=self._config.tcp_timeout,
                     peer=req.peer,
@@ -971,14 +990,18 @@ class NodeCore:
         gone = [
             e
             for e in self._table
-            if e.state in (MemberState.DEAD, MemberState.LEFT) and now - e.state_changed_at >= timeout
+            if e.state in (MemberState.DEAD, MemberState.LEFT)
+            and now - e.state_changed_at >= timeout
         ]
         for e in gone:
             self._table.remove(e.node_id)
             self._ids.remove(e.node_id)
             if e.state is MemberState.DEAD and self._config.reconnect_interval > 0:
                 # Keep the address: the member may be alive behind a partition.
-                self._reaped[e.node_id] = (e.address, e.state_changed_at + self._config.reconnect_timeout)
+                self._reaped[e.node_id] = (
+                    e.address,
+                    e.state_changed_at + self._config.reconnect_timeout,
+                )
             self._out.append(MemberReaped(e.snapshot()))
 
     # ================================================================ helpers

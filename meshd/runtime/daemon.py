@@ -91,7 +91,7 @@ from meshd.errors import BadPacket, ConfigError, MeshError
 from meshd.runtime import tls
 from meshd.runtime.framing import FrameError, receive_frame, send_frame
 
-__all__ = ["Daemon", "encode_tags", "decode_tags", "load_keyring", "save_keyring"]
+__all__ = ["Daemon", "decode_tags", "encode_tags", "load_keyring", "save_keyring"]
 
 log = logging.getLogger("meshd")
 
@@ -235,13 +235,17 @@ class Daemon:
             await udp.bind((host, port))
         except OSError as e:
             udp.close()
-            raise ConfigError(f"[node] bind {host}:{port}: cannot bind UDP ({e.strerror})") from None
+            raise ConfigError(
+                f"[node] bind {host}:{port}: cannot bind UDP ({e.strerror})"
+            ) from None
         self._udp = udp
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as e:
             udp.close()
-            raise ConfigError(f"[node] bind {host}:{port}: cannot bind TCP ({e.strerror})") from None
+            raise ConfigError(
+                f"[node] bind {host}:{port}: cannot bind TCP ({e.strerror})"
+            ) from None
         control_listener = await self._bind_control_socket()
         self._core = NodeCore(
             node_id=self.node_id,
@@ -302,7 +306,10 @@ class Daemon:
         for section in ("cluster", "tls", "state", "control"):
             if getattr(config, section) != getattr(self.config, section):
                 ignored.append(f"[{section}]")
-        if config.node.bind != self.config.node.bind or config.node.advertise != self.config.node.advertise:
+        if (
+            config.node.bind != self.config.node.bind
+            or config.node.advertise != self.config.node.advertise
+        ):
             ignored.append("[node] bind/advertise")
         if config.node.name not in (None, self.node_id):
             ignored.append("[node] name")
@@ -318,7 +325,10 @@ class Daemon:
             except MeshError as e:
                 ignored.append(f"[node] tags ({e})")
         self.config = attrs.evolve(
-            self.config, join=config.join, log=config.log, node=attrs.evolve(self.config.node, tags=config.node.tags)
+            self.config,
+            join=config.join,
+            log=config.log,
+            node=attrs.evolve(self.config.node, tags=config.node.tags),
         )
         return ignored
 
@@ -372,7 +382,9 @@ class Daemon:
                 w.result = ev
                 w.event.set()
 
-    async def _timer(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _timer(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         task_status.started()
         while True:
             deadline = self.core.next_deadline()
@@ -403,7 +415,9 @@ class Daemon:
         except trio.WouldBlock:
             self.counters["send_queue_full"] += 1
 
-    async def _sender(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _sender(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         assert self._udp is not None
         task_status.started()
         async for data, address in self._send_out:
@@ -415,7 +429,9 @@ class Daemon:
                 self.counters["send_errors"] += 1
                 log.debug("send to %s failed: %s", _addr(address), e)
 
-    async def _datagram_loop(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _datagram_loop(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         assert self._udp is not None
         udp = self._udp
         task_status.started()
@@ -480,7 +496,10 @@ class Daemon:
             return StreamResult(req.request_id, error=f"stream failed: {_describe(e)}")
 
     async def _serve_streams(
-        self, listeners: list[trio.SocketListener], *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        listeners: list[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         async with trio.open_nursery() as nursery:
             for listener in listeners:
@@ -523,7 +542,13 @@ class Daemon:
                 log.warning("refused stream: %s", e)
             except trio.TooSlowError:
                 self.counters["stream_timeouts"] += 1
-            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, FrameError) as e:
+            except (
+                OSError,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                ssl.SSLError,
+                FrameError,
+            ) as e:
                 self.counters["streams_refused"] += 1
                 log.debug("inbound stream failed: %s", _describe(e))
 
@@ -575,7 +600,9 @@ class Daemon:
         timeout = self.config.membership.tcp_timeout
 
         async def ask(member: Member) -> None:
-            req = OpenStream(0, member.address, data, expect_reply=True, timeout=timeout, peer=member.node_id)
+            req = OpenStream(
+                0, member.address, data, expect_reply=True, timeout=timeout, peer=member.node_id
+            )
             res = await self._exchange(req)
             try:
                 if res.data is None:
@@ -595,7 +622,9 @@ class Daemon:
 
     # ================================================================ seeds
 
-    async def _join_seeds(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _join_seeds(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
         task_status.started()
         seeds = self.config.join.seeds
         if not seeds:
@@ -640,7 +669,10 @@ class Daemon:
         return trio.SocketListener(sock)
 
     async def _serve_control(
-        self, listener: trio.SocketListener, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        listener: trio.SocketListener,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         slots = trio.Semaphore(_MAX_CONTROL_CONNECTIONS)
         async with trio.open_nursery() as nursery:
@@ -665,7 +697,9 @@ class Daemon:
                     buffer += chunk
                     if len(buffer) > control.MAX_LINE and b"\n" not in buffer:
                         await conn.send_all(
-                            control.encode_response_error(None, control.BAD_REQUEST, "line too long")
+                            control.encode_response_error(
+                                None, control.BAD_REQUEST, "line too long"
+                            )
                         )
                         return
                     while b"\n" in buffer:
@@ -683,7 +717,9 @@ class Daemon:
         rid, cmd, args = req["id"], req["cmd"], req.get("args") or {}
         handler = getattr(self, f"_cmd_{cmd}", None)
         if handler is None:
-            return control.encode_response_error(rid, control.UNKNOWN_COMMAND, f"unknown command {cmd!r}")
+            return control.encode_response_error(
+                rid, control.UNKNOWN_COMMAND, f"unknown command {cmd!r}"
+            )
         if cmd in ("join", "leave", "keys") and not (cmd == "keys" and args.get("op") == "list"):
             log.info("control: %s %s requested by uid %s", cmd, args.get("op", ""), uid)
         try:
@@ -704,16 +740,25 @@ class Daemon:
             "status": m.state.name.lower(),
             "incarnation": m.incarnation,
             "tags": decode_tags(m.meta),
-            "protocol": {"min": m.protocol.minimum, "max": m.protocol.maximum, "version": m.protocol.current},
+            "protocol": {
+                "min": m.protocol.minimum,
+                "max": m.protocol.maximum,
+                "version": m.protocol.current,
+            },
         }
 
     async def _cmd_members(self, args: dict[str, Any]) -> dict[str, Any]:
-        return {"self": self.node_id, "members": [self._member_json(m) for m in self.core.members()]}
+        return {
+            "self": self.node_id,
+            "members": [self._member_json(m) for m in self.core.members()],
+        }
 
     async def _cmd_status(self, args: dict[str, Any]) -> dict[str, Any]:
         stats = self.core.statistics()
         members = self.core.members()
-        counts = {s: sum(1 for m in members if m.state.name.lower() == s) for s in control.MEMBER_STATUSES}
+        counts = {
+            s: sum(1 for m in members if m.state.name.lower() == s) for s in control.MEMBER_STATUSES
+        }
         return {
             "self": self.node_id,
             "cluster": self.cluster,
@@ -761,7 +806,9 @@ class Daemon:
                 failed[text] = str(e)
                 continue
             waiter = _Waiter(
-                lambda ev, a=address: isinstance(ev, (JoinSucceeded, JoinFailed)) and ev.address == a
+                lambda ev, a=address: (
+                    isinstance(ev, (JoinSucceeded, JoinFailed)) and ev.address == a
+                )
             )
             self._waiters.append(waiter)
             try:
@@ -773,7 +820,9 @@ class Daemon:
             if isinstance(waiter.result, JoinSucceeded):
                 joined.append(text)
             else:
-                failed[text] = waiter.result.error if isinstance(waiter.result, JoinFailed) else "timeout"
+                failed[text] = (
+                    waiter.result.error if isinstance(waiter.result, JoinFailed) else "timeout"
+                )
         if not joined:
             raise _CommandFailed("; ".join(f"{a}: {e}" for a, e in failed.items()))
         return {"joined": joined, "failed": failed}
@@ -804,7 +853,10 @@ class Daemon:
             for res in results.values():
                 holders.update(res.fingerprints)
             primary = self.keyring.fingerprint(self.keyring.primary)
-            keys = [{"fingerprint": fp, "primary": fp == primary, "members": n} for fp, n in holders.most_common()]
+            keys = [
+                {"fingerprint": fp, "primary": fp == primary, "members": n}
+                for fp, n in holders.most_common()
+            ]
             return {"keys": keys, "responded": len(results), "failed": failed}
         succeeded = sum(1 for r in results.values() if r.ok)
         if results[self.node_id].ok is False:
@@ -881,7 +933,9 @@ def _reason_key(reason: str) -> str:
 
 def _peer_uid(conn: trio.SocketStream) -> int | None:
     try:
-        creds = conn.socket.getsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_PEERCRED, struct.calcsize("3i"))
+        creds = conn.socket.getsockopt(
+            stdlib_socket.SOL_SOCKET, stdlib_socket.SO_PEERCRED, struct.calcsize("3i")
+        )
         return int(struct.unpack("3i", creds)[1])
     except (OSError, AttributeError):
         return None
@@ -925,7 +979,9 @@ async def serve(config: Config, *, node_id: str, secret: bytes) -> int:
                             continue
                         ignored = daemon.reload(fresh)
                         if ignored:
-                            log.warning("reloaded; these need a restart to change: %s", ", ".join(ignored))
+                            log.warning(
+                                "reloaded; these need a restart to change: %s", ", ".join(ignored)
+                            )
                         else:
                             log.info("reloaded the configuration")
                     else:

@@ -98,13 +98,15 @@ import attrs
 
 if TYPE_CHECKING:
     from cryptography import x509
-
-    from meshd.config import Config
     from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    from meshd.config import Config
+
+from meshd.errors import ConfigError, RemoteProtocolError
 
 
 def _load_crypto() -> None:
@@ -137,7 +139,6 @@ def _load_crypto() -> None:
         NameOID=NameOID,
     )
 
-from meshd.errors import ConfigError, RemoteProtocolError
 
 __all__ = [
     "NODE_URI_PREFIX",
@@ -1094,7 +1095,9 @@ def _write_stamp(request: dict[str, str], identity: TlsIdentity) -> None:
         "ca_pem": identity.ca_pem.decode(),
         "ca_fingerprint": identity.ca_fingerprint,
     }
-    _replace_file(Path(request["state_dir"]) / TLS_DIR_NAME / _STAMP_NAME, json.dumps(stamp).encode(), 0o644)
+    _replace_file(
+        Path(request["state_dir"]) / TLS_DIR_NAME / _STAMP_NAME, json.dumps(stamp).encode(), 0o644
+    )
 
 
 def _main() -> int:

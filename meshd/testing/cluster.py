@@ -122,9 +122,11 @@ class LocalCluster:
     def log_path(self, name: str) -> Path:
         return self.root / f"{name}.log"
 
-    def start(self, name: str, *, wait: bool = True, timeout: float = 20.0) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, *, wait: bool = True, timeout: float = 20.0
+    ) -> subprocess.Popen[bytes]:
         """Start ``name``'s daemon; with ``wait``, return once its control socket answers."""
-        log = open(self.log_path(name), "ab")  # noqa: SIM115 - owned by the process
+        log = open(self.log_path(name), "ab")
         proc = subprocess.Popen(
             [sys.executable, "-m", "meshd", "run", "--config", str(self.configs[name])],
             stdout=log,
@@ -134,7 +136,9 @@ class LocalCluster:
         log.close()
         self.procs[name] = proc
         if wait and not self.wait_until(lambda: self._answers(name), timeout):
-            raise ControlError(f"{name} did not start within {timeout} s; see {self.log_path(name)}")
+            raise ControlError(
+                f"{name} did not start within {timeout} s; see {self.log_path(name)}"
+            )
         return proc
 
     def start_all(self, *, timeout: float = 20.0) -> None:
@@ -142,7 +146,9 @@ class LocalCluster:
             self.start(name, wait=False)
         for name in self.names:
             if not self.wait_until(lambda n=name: self._answers(n), timeout):
-                raise ControlError(f"{name} did not start within {timeout} s; see {self.log_path(name)}")
+                raise ControlError(
+                    f"{name} did not start within {timeout} s; see {self.log_path(name)}"
+                )
 
     def kill(self, name: str) -> None:
         """SIGKILL: the process dies without leaving."""
@@ -181,7 +187,9 @@ class LocalCluster:
 
     # ------------------------------------------------------------ control
 
-    def request(self, name: str, cmd: str, args: dict[str, Any] | None = None, *, timeout: float = 10.0) -> dict[str, Any]:
+    def request(
+        self, name: str, cmd: str, args: dict[str, Any] | None = None, *, timeout: float = 10.0
+    ) -> dict[str, Any]:
         """One control request to ``name``; returns the result or raises ControlError."""
         rid = next(self._ids)
         try:
@@ -206,7 +214,9 @@ class LocalCluster:
     def _answers(self, name: str) -> bool:
         proc = self.procs.get(name)
         if proc is not None and proc.poll() is not None:
-            raise ControlError(f"{name} exited with status {proc.returncode}; see {self.log_path(name)}")
+            raise ControlError(
+                f"{name} exited with status {proc.returncode}; see {self.log_path(name)}"
+            )
         try:
             self.request(name, "info", timeout=1.0)
             return True
@@ -239,7 +249,9 @@ class LocalCluster:
             return False
 
     @staticmethod
-    def holds_for(predicate: Callable[[], bool], seconds: float, interval: float = 0.1) -> str | None:
+    def holds_for(
+        predicate: Callable[[], bool], seconds: float, interval: float = 0.1
+    ) -> str | None:
         """Check that ``predicate`` keeps holding for ``seconds`` (e.g. "never dead").
 
         Returns None if it always held, else when it first failed. (Something
