@@ -303,7 +303,7 @@ envelopes = st.dictionaries(
 )
 
 
-def _decode_all(line: bytes) -> None:
+def _check_only_bad_packet(line: bytes) -> None:
     for decode in (decode_line_untrusted, decode_request_untrusted, decode_response_untrusted):
         try:
             assert isinstance(decode(line), dict)
@@ -314,13 +314,13 @@ def _decode_all(line: bytes) -> None:
 @FUZZ
 @given(st.binary(max_size=200))
 def test_control_fuzz_bytes_only_bad_packet(line: bytes) -> None:
-    _decode_all(line)
+    _check_only_bad_packet(line)
 
 
 @FUZZ
 @given(json_values | envelopes)
 def test_control_fuzz_json_only_bad_packet(value: object) -> None:
-    _decode_all(json.dumps(value).encode())
+    _check_only_bad_packet(json.dumps(value).encode())
 
 
 @FUZZ
@@ -339,8 +339,8 @@ def test_control_fuzz_mutated_valid_lines_only_bad_packet(
     bit = data.draw(st.integers(0, 7))
     mutated = bytearray(line)
     mutated[flip] ^= 1 << bit
-    _decode_all(line[:cut])
-    _decode_all(bytes(mutated))
+    _check_only_bad_packet(line[:cut])
+    _check_only_bad_packet(bytes(mutated))
 
 
 @FUZZ

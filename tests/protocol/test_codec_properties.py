@@ -205,7 +205,7 @@ def assert_within_spec(value: Message | PushNodeState) -> None:
             raise AssertionError(f"unchecked field {field.name}")
 
 
-def decode_both(data: bytes) -> None:
+def check_only_bad_packet_escapes(data: bytes) -> None:
     """Decode ``data`` as a packet and as a stream frame; only BadPacket may escape.
 
     Whatever is accepted must be a proper message: within the spec's limits,
@@ -228,14 +228,14 @@ def decode_both(data: bytes) -> None:
 @MANY
 @given(st.binary(max_size=PACKET_MAX + 10))
 def test_random_bytes(data: bytes) -> None:
-    decode_both(data)
+    check_only_bad_packet_escapes(data)
 
 
 @MANY
 @given(st.binary(max_size=300))
 def test_random_bodies_behind_valid_headers(body: bytes) -> None:
-    decode_both(bytes([WIRE_VERSION, 0]) + body)
-    decode_both(bytes([WIRE_VERSION]) + body)
+    check_only_bad_packet_escapes(bytes([WIRE_VERSION, 0]) + body)
+    check_only_bad_packet_escapes(bytes([WIRE_VERSION]) + body)
 
 
 # Arbitrary msgpack values, to get past msgpack into the field checks; the
@@ -262,8 +262,8 @@ msgpack_values = st.recursive(
 @given(st.integers(0, 12), st.lists(msgpack_values, max_size=7))
 def test_random_fields(mtype: int, fields: list[object]) -> None:
     message = [mtype, *fields]
-    decode_both(bytes([WIRE_VERSION, 0]) + msgpack.packb([message], use_bin_type=True))
-    decode_both(bytes([WIRE_VERSION]) + msgpack.packb(message, use_bin_type=True))
+    check_only_bad_packet_escapes(bytes([WIRE_VERSION, 0]) + msgpack.packb([message], use_bin_type=True))
+    check_only_bad_packet_escapes(bytes([WIRE_VERSION]) + msgpack.packb(message, use_bin_type=True))
 
 
 def replace_one(data: st.DataObject, value: object, top: bool = True) -> object:
@@ -280,8 +280,8 @@ def replace_one(data: st.DataObject, value: object, top: bool = True) -> object:
 @given(st.sampled_from(list(MESSAGES.values())).flatmap(lambda s: s), st.data())
 def test_valid_message_with_one_bad_value(msg: Message, data: st.DataObject) -> None:
     message = replace_one(data, msgpack.unpackb(encode_message(msg)))
-    decode_both(bytes([WIRE_VERSION, 0]) + msgpack.packb([message], use_bin_type=True))
-    decode_both(bytes([WIRE_VERSION]) + msgpack.packb(message, use_bin_type=True))
+    check_only_bad_packet_escapes(bytes([WIRE_VERSION, 0]) + msgpack.packb([message], use_bin_type=True))
+    check_only_bad_packet_escapes(bytes([WIRE_VERSION]) + msgpack.packb(message, use_bin_type=True))
 
 
 mutation = st.one_of(
@@ -323,8 +323,8 @@ def mutate(data: bytes, op: tuple[object, ...]) -> bytes:
 def test_mutated_vectors(sample: bytes, ops: list[tuple[object, ...]]) -> None:
     for op in ops:
         sample = mutate(sample, op)
-    decode_both(sample)
+    check_only_bad_packet_escapes(sample)
     # Also behind the other transport's header, so packet bytes reach the
     # stream decoder's message checks and vice versa.
-    decode_both(bytes([WIRE_VERSION]) + sample[HEADER_SIZE:])
-    decode_both(bytes([WIRE_VERSION, 0]) + sample[1:])
+    check_only_bad_packet_escapes(bytes([WIRE_VERSION]) + sample[HEADER_SIZE:])
+    check_only_bad_packet_escapes(bytes([WIRE_VERSION, 0]) + sample[1:])
