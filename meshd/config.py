@@ -58,6 +58,7 @@ __all__ = [
     "ClusterSection",
     "Config",
     "ControlSection",
+    "DiscoverySection",
     "JoinSection",
     "LogSection",
     "NodeSection",
@@ -160,6 +161,24 @@ class JoinSection:
 
 
 @attrs.frozen(kw_only=True)
+class DiscoverySection:
+    """``[discovery]``: finding peers without seeds, and finding them again.
+
+    Attributes:
+        mdns: announce this node and browse for peers with mDNS.
+        interfaces: IP addresses of the interfaces mDNS uses; empty means the
+            ``[node] advertise`` address only; ``["all"]`` means every
+            interface (announces the mesh on every attached network).
+        rejoin: at start, try the members kept in the state directory's
+            snapshot, so a reboot of every host re-forms the mesh.
+    """
+
+    mdns: bool = True
+    interfaces: tuple[str, ...] = ()
+    rejoin: bool = True
+
+
+@attrs.frozen(kw_only=True)
 class TlsSection:
     """``[tls]``: how stream (TCP) connections are authenticated.
 
@@ -220,6 +239,7 @@ class Config:
         cluster: ``[cluster]``.
         membership: ``[membership]``: the chosen profile with overrides applied.
         join: ``[join]``.
+        discovery: ``[discovery]``.
         tls: ``[tls]``.
         control: ``[control]``.
         state: ``[state]``.
@@ -231,6 +251,7 @@ class Config:
     cluster: ClusterSection
     membership: MembershipConfig
     join: JoinSection
+    discovery: DiscoverySection
     tls: TlsSection
     control: ControlSection
     state: StateSection
@@ -336,6 +357,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "cluster": ("name", "secret_file"),
     "membership": tuple(f.name for f in attrs.fields(MembershipConfig)),
     "join": ("seeds", "retry_interval"),
+    "discovery": ("mdns", "interfaces", "rejoin"),
     "tls": ("mode", "ca_file", "cert_file", "key_file"),
     "control": ("socket",),
     "state": ("dir",),
@@ -629,6 +651,51 @@ class _Reader:
             self.fail(f"[join] retry_interval must be > 0 seconds, got {retry} — e.g. 5.0")
         return JoinSection(seeds=tuple(seeds), retry_interval=retry)
 
+    def boolean(self, section: str, key: str, default: bool) -> bool:
+        """A ``true``/``false`` value, or ``default`` when absent."""
+        if not self.has(section, key):
+            return default
+        value = self.raw(section, key)
+        if not isinstance(value, bool):
+            self.wrong_type(section, key, value, "true or false", str(default).lower())
+        return value
+
+    def discovery(self) -> DiscoverySection:
+        """Build ``[discovery]``."""
+        mdns = self.boolean("discovery", "mdns", True)
+        rejoin = self.boolean("discovery", "rejoin", True)
+        interfaces: list[str] = []
+        hint = '["10.0.0.5"] (addresses of this host\'s interfaces), or ["all"]'
+        if self.has("discovery", "interfaces"):
+            value = self.raw("discovery", "interfaces")
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                self.wrong_type(
+                    "discovery", "interfaces", value, "an array of IP address strings", hint
+                )
+            for text in value:
+                if text == "all":
+                    if len(value) > 1:
+                        self.fail(
+                            '[discovery] interfaces: "all" already means every interface — '
+                            'use ["all"] alone, or list addresses without it'
+                        )
+                    interfaces.append(text)
+                    continue
+                try:
+                    ip = ipaddress.ip_address(text)
+                except ValueError:
+                    self.fail(
+                        f"[discovery] interfaces: {_shown(text)} is not an IP address — list "
+                        f"the addresses of this host's interfaces, e.g. interfaces = {hint}"
+                    )
+                if ip.is_unspecified or ip.is_multicast:
+                    self.fail(
+                        f"[discovery] interfaces: {text} is not an interface address — use "
+                        f"this host's own addresses, e.g. interfaces = {hint}"
+                    )
+                interfaces.append(str(ip))
+        return DiscoverySection(mdns=mdns, interfaces=tuple(interfaces), rejoin=rejoin)
+
     def tls(self) -> TlsSection:
         """Build ``[tls]``; in pki mode the three files must be readable."""
         mode = self.choice("tls", "mode", "derived", TLS_MODES)
@@ -701,6 +768,7 @@ class _Reader:
         cluster = self.cluster()
         membership = self.membership()
         join = self.join()
+        discovery = self.discovery()
         tls = self.tls()
         state = self.state()
         return Config(
@@ -709,6 +777,7 @@ class _Reader:
             cluster=cluster,
             membership=membership,
             join=join,
+            discovery=discovery,
             tls=tls,
             control=self.control(state),
             state=state,
@@ -1067,6 +1136,7 @@ def write_init(
     secret_file: Path | None,
     cluster: str = "meshd",
     advertise: _Address | None = None,
+    mdns: bool = True,
 ) -> Path:
     """Write a new configuration in ``dir`` for ``meshd init``.
 
@@ -1086,6 +1156,7 @@ def write_init(
         cluster: the cluster name.
         advertise: address others reach this node at (needed when ``bind``
             is 0.0.0.0 or ``::``).
+        mdns: whether the node finds peers with mDNS (``[discovery] mdns``).
 
     Returns:
         The path of the written config file.
@@ -1126,6 +1197,7 @@ def write_init(
         "cluster": {"name": cluster, "secret_file": os.fspath(secret_path)},
         "membership": {"profile": "lan"},
         "join": {"seeds": [format_address(seed) for seed in seeds]},
+        "discovery": {"mdns": mdns},
         "control": {"socket": SOCKET_NAME},
         "state": {"dir": "state"},
         "log": {"level": "info"},

@@ -35,7 +35,9 @@ from meshd.cli.output import columns, printable, width
 # Canned daemon answers.
 
 
-def _member(name: str, addr: str, status: str, inc: int, tags: dict[str, str]) -> dict[str, Any]:
+def _member(
+    name: str, addr: str, status: str, inc: int, tags: dict[str, str], via: str | None = "gossip"
+) -> dict[str, Any]:
     return {
         "name": name,
         "id": name,
@@ -43,6 +45,7 @@ def _member(name: str, addr: str, status: str, inc: int, tags: dict[str, str]) -
         "status": status,
         "incarnation": inc,
         "tags": tags,
+        "via": via,
         "protocol": {"min": 1, "max": 1, "version": 1},
     }
 
@@ -50,8 +53,8 @@ def _member(name: str, addr: str, status: str, inc: int, tags: dict[str, str]) -
 LONG = "node-c-with-a-rather-long-name.example.internal"
 MEMBERS = [
     _member("node-b", "10.0.0.2:7946", "suspect", 7, {}),
-    _member("node-a", "10.0.0.1:7946", "alive", 42, {"role": "web", "dc": "x"}),
-    _member(LONG, "[2001:db8::3]:7946", "dead", 3, {"role": "db"}),
+    _member("node-a", "10.0.0.1:7946", "alive", 42, {"role": "web", "dc": "x"}, "self"),
+    _member(LONG, "[2001:db8::3]:7946", "dead", 3, {"role": "db"}, "mdns"),
     _member("node-d", "10.0.0.4:7946", "left", 1, {}),
 ]
 STATUS = {
@@ -64,6 +67,8 @@ STATUS = {
     "uptime_s": 3725.5,
     "members": MEMBERS,
     "counts": {"alive": 1, "suspect": 1, "dead": 1, "left": 1},
+    "split": None,
+    "mdns": "running",
     "counters": {"packets_in": 5},
 }
 HEALTHY_STATUS = {
@@ -87,6 +92,19 @@ INFO = {
     "key_fingerprints": ["0123456789abcdef", "fedcba9876543210"],
     "primary_key": "0123456789abcdef",
     "tls_ca": None,
+    "discovery": {
+        "mdns": {
+            "state": "running",
+            "error": None,
+            "interfaces": ["10.0.0.1"],
+            "instance": "node-a@prod",
+            "counters": {"peers_seen": 3},
+        },
+        "sources": {"mdns": 2, "seed": 1, "snapshot": 0, "join": 0, "gossip": 0},
+        "rejoin": True,
+        "snapshot": "/var/lib/meshd/members.json",
+        "reconnect_interval_s": 30.0,
+    },
     "counters": {"packets_in": 5, "acks": 3},
 }
 KEYS_LIST = {
@@ -231,12 +249,12 @@ def test_meshctl_status_text(serve: Any, capsys: pytest.CaptureFixture[str]) -> 
     assert out == (
         "Mesh: prod  self=node-a  members=4  key=0123456789abcdef\n"
         "========================================================\n"
-        "Status=Alive/Suspect/Dead/Left\n"
-        f"--  Name{' ' * 45}Address             Inc  Tags\n"
-        f"A   node-a{' ' * 43}10.0.0.1:7946       42   dc=x,role=web\n"
-        f"S   node-b{' ' * 43}10.0.0.2:7946       7    --\n"
-        f"D   {LONG}  [2001:db8::3]:7946  3    role=db\n"
-        f"L   node-d{' ' * 43}10.0.0.4:7946       1    --\n"
+        "Status=Alive/Suspect/Dead/Left  Via=how this node found the member\n"
+        f"--  Name{' ' * 45}Address             Inc  Via     Tags\n"
+        f"A   node-a{' ' * 43}10.0.0.1:7946       42   self    dc=x,role=web\n"
+        f"S   node-b{' ' * 43}10.0.0.2:7946       7    gossip  --\n"
+        f"D   {LONG}  [2001:db8::3]:7946  3    mdns    role=db\n"
+        f"L   node-d{' ' * 43}10.0.0.4:7946       1    gossip  --\n"
         "Alive:1 / Suspect:1 / Dead:1 / Left:1\n"
         f"WARNING: 2 member(s) not alive: node-b (suspect), {LONG} (dead)\n"
         "  check `systemctl status meshd` on those hosts, and that their address is "
@@ -245,6 +263,24 @@ def test_meshctl_status_text(serve: Any, capsys: pytest.CaptureFixture[str]) -> 
         "overloaded or losing packets; it probes more slowly until that clears\n"
     )
     assert server.requests == [{"v": 1, "id": 1, "cmd": "status", "args": {}}]
+
+
+def test_meshctl_status_warns_of_a_split(serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    split = {
+        "failed": ["node-c", "node-d"],
+        "known": 4,
+        "within_s": 3.2,
+        "since_s": 10.0,
+        "reconnect_interval_s": 30.0,
+    }
+    server = serve(ok({**HEALTHY_STATUS, "split": split}))
+    status, out, _ = run(capsys, server, "status")
+    assert status == ExitStatus.OK
+    assert (
+        "WARNING: the mesh may be split: 2 of 4 members failed within 3 s: "
+        "node-c (dead), node-d (dead)\n"
+    ) in out
+    assert "retried every 30 s" in out
 
 
 def test_meshctl_status_healthy_has_no_warning(
@@ -385,6 +421,9 @@ def test_meshctl_info_text(serve: Any, capsys: pytest.CaptureFixture[str]) -> No
         "primary_key: 0123456789abcdef\n"
         "key_fingerprints: 0123456789abcdef, fedcba9876543210\n"
         "tls_ca: --\n"
+        "mdns: running on 10.0.0.1\n"
+        "discovered via: mdns 2, seed 1\n"
+        "snapshot: /var/lib/meshd/members.json\n"
         "counters:\n"
         "  acks: 3\n"
         "  packets_in: 5\n"

@@ -143,6 +143,7 @@ def _init(parser: argparse.ArgumentParser, args: list[str]) -> int:
         secret_file=None if options.secret_file is None else Path(options.secret_file),
         cluster=options.cluster,
         advertise=options.advertise,
+        mdns=not options.no_mdns,
     )
     config = load_config(path, environ={})
     print(f"wrote {path}")
@@ -163,9 +164,14 @@ def _init(parser: argparse.ArgumentParser, args: list[str]) -> int:
         print(f"using the cluster secret in {config.cluster.secret_file}")
     print(f"state directory: {config.state.dir}")
     print(f"control socket:  {config.control.socket} (created when meshd runs)")
+    if config.discovery.mdns:
+        print(
+            f"mDNS discovery on {config.node.advertise[0]}: nodes with this cluster name and "
+            "secret on the same network find each other without seeds"
+        )
     if not config.join.seeds:
         print(
-            "no seeds: this node starts a new cluster; other nodes join it with "
+            "no seeds: other nodes join this one by mDNS, or with "
             f"--seed {format_address(config.node.advertise)} and a copy of the secret"
         )
     print(f"next: meshd run --config {path}")
@@ -270,7 +276,8 @@ def _add_config_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
         help="run the daemon in the foreground (what systemd starts)",
         description=(
             "Run this node: bind [node] bind (UDP gossip, TCP streams), open the control\n"
-            "socket, join the configured seeds and stay in the mesh until SIGTERM or\n"
+            "socket, find peers (mDNS, the configured seeds, the members known before\n"
+            "the last stop) and stay in the mesh until SIGTERM or\n"
             "SIGINT, which leave it gracefully. SIGHUP reloads the configuration file\n"
             "(tags, seeds, log level change live; the rest is reported as needing a\n"
             "restart)."
@@ -339,6 +346,11 @@ def _add_config_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
     )
     init.add_argument(
         "--cluster", default="meshd", metavar="NAME", help="cluster name (default: meshd)"
+    )
+    init.add_argument(
+        "--no-mdns",
+        action="store_true",
+        help="do not find peers with mDNS ([discovery] mdns = false); use seeds instead",
     )
     init.set_defaults(handler=functools.partial(_init, init))
 

@@ -356,15 +356,43 @@ def render_status(result: Mapping[str, Any]) -> Rendered:
     header = printable(
         f"Mesh: {result['cluster']}  self={result['self']}  members={len(members)}  key={key}"
     )
-    rows: list[Sequence[object]] = [("--", "Name", "Address", "Inc", "Tags")]
+    rows: list[Sequence[object]] = [("--", "Name", "Address", "Inc", "Via", "Tags")]
     for m in members:
         letter = _STATUS_LETTERS.get(m["status"], "?")
-        rows.append((letter, m["name"], m["addr"], int(m["incarnation"]), _tags(m["tags"]) or "--"))
-    out = [header, "=" * width(header), "Status=Alive/Suspect/Dead/Left", *columns(rows)]
+        rows.append(
+            (
+                letter,
+                m["name"],
+                m["addr"],
+                int(m["incarnation"]),
+                m.get("via") or "--",
+                _tags(m["tags"]) or "--",
+            )
+        )
+    out = [
+        header,
+        "=" * width(header),
+        "Status=Alive/Suspect/Dead/Left  Via=how this node found the member",
+        *columns(rows),
+    ]
     out.append(
         f"Alive:{int(counts['alive'])} / Suspect:{int(counts['suspect'])} / "
         f"Dead:{int(counts['dead'])} / Left:{int(counts['left'])}"
     )
+    split = result.get("split")
+    if split:
+        failed = [{"name": n, "status": "dead"} for n in split["failed"]]
+        out.append(
+            printable(
+                f"WARNING: the mesh may be split: {len(failed)} of {int(split['known'])} members "
+                f"failed within {float(split['within_s']):.0f} s: {_names(failed)}"
+            )
+        )
+        out.append(
+            "  check the network between this host and them (firewall, routing, switch); "
+            f"their addresses are retried every {float(split['reconnect_interval_s']):g} s "
+            "and the halves merge by themselves once packets flow"
+        )
     troubled = [m for m in members if m["status"] in ("suspect", "dead")]
     if troubled:
         out.append(printable(f"WARNING: {len(troubled)} member(s) not alive: {_names(troubled)}"))
@@ -421,6 +449,19 @@ def render_info(result: Mapping[str, Any]) -> Rendered:
             out.append(f"uptime: {_duration(float(value))}")
         else:
             out.append(printable(f"{key}: {_info_value(value)}"))
+    discovery = result.get("discovery")
+    if discovery:
+        mdns = discovery["mdns"]
+        text = str(mdns.get("state", "--"))
+        if mdns.get("interfaces"):
+            text += f" on {', '.join(map(str, mdns['interfaces']))}"
+        if mdns.get("error"):
+            text += f" ({mdns['error']})"
+        out.append(printable(f"mdns: {text}"))
+        sources = discovery.get("sources") or {}
+        found = ", ".join(f"{k} {v}" for k, v in sources.items() if v) or "--"
+        out.append(printable(f"discovered via: {found}"))
+        out.append(printable(f"snapshot: {discovery['snapshot']}"))
     counters = result["counters"]
     out.append("counters:" if counters else "counters: --")
     out += [printable(f"  {name}: {counters[name]}") for name in sorted(counters)]

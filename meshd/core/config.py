@@ -122,12 +122,12 @@ class MembershipConfig:
     #: Dead and left members stay listed this long, then are reaped.
     reap_timeout: float = attrs.field(default=3600.0, validator=_non_negative)
 
-    #: Every this often one dead or reaped-dead address is tried again with a
+    #: Every this often one dead, left or reaped address is tried again with a
     #: push-pull join, so the halves of a healed partition merge by themselves.
     #: Zero disables reconnecting.
     reconnect_interval: float = attrs.field(default=30.0, validator=_non_negative)
 
-    #: Addresses of dead and reaped members are retried for this long.
+    #: Addresses of dead, left and reaped members are retried for this long.
     reconnect_timeout: float = attrs.field(default=86400.0, validator=_non_negative)
 
     #: A graceful leave waits at most this long for its leave notice to be

@@ -836,7 +836,8 @@ class NodeCore:
         candidates = [
             e.address
             for e in self._table
-            if e.state is MemberState.DEAD and now - e.state_changed_at < c.reconnect_timeout
+            if e.state in (MemberState.DEAD, MemberState.LEFT)
+            and now - e.state_changed_at < c.reconnect_timeout
         ]
         candidates.extend(address for address, _ in self._reaped.values())
         if not candidates:
@@ -996,8 +997,9 @@ class NodeCore:
         for e in gone:
             self._table.remove(e.node_id)
             self._ids.remove(e.node_id)
-            if e.state is MemberState.DEAD and self._config.reconnect_interval > 0:
-                # Keep the address: the member may be alive behind a partition.
+            if self._config.reconnect_interval > 0:
+                # Keep the address: a dead member may be alive behind a
+                # partition, a left one may come back after a reboot.
                 self._reaped[e.node_id] = (
                     e.address,
                     e.state_changed_at + self._config.reconnect_timeout,

@@ -15,7 +15,13 @@ them are:
   handshake, checks that the authenticated node id matches what the frame
   claims, and answers one frame per connection;
 * the **control server** answers ``meshctl`` on a unix socket (JSON lines);
-* the **seed joiner** joins the configured seeds, retrying until one answers.
+* the **seed joiner** joins the configured seeds and the members kept in the
+  snapshot (``members.json`` in the state directory), retrying with backoff
+  until one answers or somebody joins us;
+* **mDNS** (``runtime/mdns.py``) announces this node and reports peers of the
+  same mesh; the **mDNS joiner** batches them into joins;
+* the **snapshot writer** keeps ``members.json`` current (at most once a
+  second), so a reboot of every host re-forms the mesh.
 
 Every core output is performed by :meth:`Daemon._perform`: datagrams are
 sealed and queued, stream requests become short-lived tasks with a deadline
@@ -55,6 +61,8 @@ import trio
 from meshd import __version__, control
 from meshd.config import Config, format_address, parse_address
 from meshd.core import codec, crypto
+from meshd.core.advert import Advert, check_advert
+from meshd.core.discovery import BadSnapshot, Snapshot, Source, SourceBook
 from meshd.core.inputs import (
     Input,
     JoinRequested,
@@ -68,6 +76,7 @@ from meshd.core.inputs import (
 from meshd.core.keyring import Keyring, fingerprint
 from meshd.core.messages import KeyOp, KeyOpResult, Ping, PushPull
 from meshd.core.node import STREAM_REFUSED, NodeCore
+from meshd.core.split import SplitDetector
 from meshd.core.outputs import (
     Event,
     JoinFailed,
@@ -89,9 +98,19 @@ from meshd.core.outputs import (
 from meshd.core.types import Address, Member, MemberState, NodeId
 from meshd.errors import BadPacket, ConfigError, MeshError
 from meshd.runtime import tls
+from meshd.runtime.mdns import Mdns
 from meshd.runtime.framing import FrameError, receive_frame, send_frame
 
-__all__ = ["Daemon", "decode_tags", "encode_tags", "load_keyring", "save_keyring"]
+__all__ = [
+    "SNAPSHOT_FILE",
+    "Daemon",
+    "decode_tags",
+    "encode_tags",
+    "load_keyring",
+    "load_snapshot",
+    "save_keyring",
+    "save_snapshot",
+]
 
 log = logging.getLogger("meshd")
 
@@ -106,6 +125,13 @@ _MAX_CONTROL_CONNECTIONS = 32
 _CONTROL_TIMEOUT = 30.0
 #: First pause before retrying the seeds; doubles up to [join] retry_interval.
 _FIRST_JOIN_RETRY = 0.25
+#: Snapshot members tried per join attempt at start (most recently alive first).
+_REJOIN_BATCH = 8
+#: Minimum seconds between two writes of the member snapshot.
+_SNAPSHOT_EVERY = 1.0
+#: Seconds the mDNS joiner waits to batch peers announced together.
+_MDNS_BATCH_WAIT = 0.05
+SNAPSHOT_FILE = "members.json"
 
 
 def encode_tags(tags: dict[str, str]) -> bytes:
@@ -153,8 +179,36 @@ def save_keyring(path: Path, keyring: Keyring) -> None:
             "keys": [base64.b64encode(k).decode() for k in keyring.keys],
         }
     ).encode()
+    _write_atomically(path, data, 0o600)
+
+
+def load_snapshot(path: Path) -> Snapshot:
+    """The member snapshot, or an empty one.
+
+    A corrupt file is moved aside to ``members.json.bad`` (and logged): the
+    snapshot only speeds up rejoining, so it must never stop a start.
+    """
+    try:
+        return Snapshot.from_json(json.loads(path.read_bytes()))
+    except FileNotFoundError:
+        return Snapshot()
+    except (OSError, ValueError, BadSnapshot) as e:
+        log.warning("member snapshot %s is unreadable (%s); starting without it", path, e)
+        try:
+            os.replace(path, path.with_name(path.name + ".bad"))
+        except OSError:
+            pass
+        return Snapshot()
+
+
+def save_snapshot(path: Path, snapshot: Snapshot) -> None:
+    """Write the member snapshot atomically, mode 0600."""
+    _write_atomically(path, json.dumps(snapshot.to_json(), indent=1).encode(), 0o600)
+
+
+def _write_atomically(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
         os.write(fd, data)
         os.fsync(fd)
@@ -215,6 +269,22 @@ class Daemon:
         self._started_at = time.monotonic()
         self._nursery: trio.Nursery | None = None
         self._stream_slots = trio.Semaphore(_MAX_INBOUND_STREAMS)
+        # Discovery: where members came from, whom to try at start, and
+        # whether a burst of failures looks like a split (core/discovery.py,
+        # core/split.py).
+        self._sources = SourceBook()
+        self._snapshot_path = state_dir / SNAPSHOT_FILE
+        self._snapshot = load_snapshot(self._snapshot_path)
+        self._snapshot_dirty = trio.Event()
+        m = config.membership
+        self._split = SplitDetector(
+            window=m.suspicion_mult * m.suspicion_max_timeout_mult * m.probe_interval
+        )
+        self._connected = trio.Event()  # joined someone, or someone joined us
+        self._mdns: Mdns | None = None
+        self._mdns_pending: set[Address] = set()
+        self._mdns_wake = trio.Event()
+        self._joining: set[Address] = set()
 
     # ================================================================ life cycle
 
@@ -263,6 +333,9 @@ class Daemon:
                 await nursery.start(self._timer)
                 await nursery.start(self._serve_streams, listeners)
                 await nursery.start(self._serve_control, control_listener)
+                await nursery.start(self._write_snapshots)
+                if self.config.discovery.mdns:
+                    await nursery.start(self._run_mdns)
                 await nursery.start(self._join_seeds)
                 log.info(
                     "meshd %s: node %s listening on %s (cluster %s, key %s)",
@@ -278,6 +351,7 @@ class Daemon:
                 nursery.cancel_scope.cancel()
         finally:
             udp.close()
+            self._save_snapshot()
             with trio.CancelScope(shield=True):
                 for listener in [*listeners, control_listener]:
                     await listener.aclose()
@@ -303,7 +377,7 @@ class Daemon:
     def reload(self, config: Config) -> list[str]:
         """Apply what can change without a restart; return what could not."""
         ignored = []
-        for section in ("cluster", "tls", "state", "control"):
+        for section in ("cluster", "tls", "state", "control", "discovery"):
             if getattr(config, section) != getattr(self.config, section):
                 ignored.append(f"[{section}]")
         if (
@@ -354,29 +428,48 @@ class Daemon:
 
     def _on_event(self, ev: Event) -> None:
         if isinstance(ev, MemberJoined):
-            log.info("member %s joined (%s)", ev.member.node_id, _addr(ev.member.address))
+            source = self._sources.joined(ev.member.node_id, ev.member.address)
+            self._split.cleared(ev.member.node_id)
+            self._connected.set()
+            log.info(
+                "member %s joined (%s, via %s)",
+                ev.member.node_id,
+                _addr(ev.member.address),
+                source.value,
+            )
         elif isinstance(ev, MemberSuspected):
             log.info("member %s suspected by %s", ev.member.node_id, ev.accuser)
         elif isinstance(ev, MemberRecovered):
+            self._split.cleared(ev.member.node_id)
             log.info("member %s refuted its suspicion", ev.member.node_id)
         elif isinstance(ev, MemberFailed):
+            self._split.failed(ev.member.node_id, trio.current_time())
             log.info("member %s failed (declared by %s)", ev.member.node_id, ev.accuser)
+            self._warn_if_split()
         elif isinstance(ev, MemberLeft):
+            self._split.cleared(ev.member.node_id)
             log.info("member %s left", ev.member.node_id)
         elif isinstance(ev, MemberUpdated):
             log.info("member %s updated its tags", ev.member.node_id)
         elif isinstance(ev, MemberReaped):
+            self._split.cleared(ev.member.node_id)
+            self._sources.forget(ev.member.node_id)
             log.info("member %s reaped", ev.member.node_id)
         elif isinstance(ev, PacketRejected):
             self.counters[f"rejected_{_reason_key(ev.reason)}"] += 1
             log.debug("rejected bytes from %s: %s", _addr(ev.source), ev.reason)
         elif isinstance(ev, JoinSucceeded):
+            self._joining.discard(ev.address)
             log.info("joined through %s (%d members)", _addr(ev.address), ev.members)
             self._joined.set()
+            self._connected.set()
         elif isinstance(ev, JoinFailed):
+            self._joining.discard(ev.address)
             log.warning("join through %s failed: %s", _addr(ev.address), ev.error)
         elif isinstance(ev, LeaveCompleted):
             self._left.set()
+        if isinstance(ev, (MemberJoined, MemberFailed, MemberLeft, MemberReaped, MemberRecovered)):
+            self._snapshot_dirty.set()
         for w in self._waiters:
             if not w.event.is_set() and w.match(ev):
                 w.result = ev
@@ -590,6 +683,9 @@ class Daemon:
         if op.op != "list":
             save_keyring(self._keyring_path, kr)
             log.info("keyring: %s %s (requested by %s)", op.op, fingerprint(op.key), by)
+        if op.op == "use" and self._mdns is not None and self._nursery is not None:
+            # mDNS peers match on the primary key's fingerprint.
+            self._nursery.start_soon(self._mdns.update, self._advert())
         return KeyOpResult(True, "", tuple(kr.fingerprints()))
 
     async def _key_op_everywhere(self, op: KeyOp) -> tuple[dict[str, KeyOpResult], dict[str, str]]:
@@ -625,29 +721,187 @@ class Daemon:
     async def _join_seeds(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
+        """Join the seeds and the snapshot's members until one answers.
+
+        Stops as soon as this node is connected: a join succeeded, or
+        another member (found by mDNS, say) joined us.
+        """
         task_status.started()
         seeds = self.config.join.seeds
-        if not seeds:
+        rejoin: list[Address] = []
+        if self.config.discovery.rejoin:
+            rejoin = self._snapshot.rejoin_candidates(
+                now_wall=time.time(),
+                max_age=self.config.membership.reconnect_timeout,
+                exclude=[self.config.node.advertise],
+            )[:_REJOIN_BATCH]
+        if not seeds and not rejoin:
             return
+        if rejoin:
+            log.info("trying %d member(s) from the snapshot", len(rejoin))
         delay = min(_FIRST_JOIN_RETRY, self.config.join.retry_interval)
-        while not self._joined.is_set():
-            addresses = []
+        while not self._connected.is_set():
+            addresses: list[Address] = []
             for host, port in seeds:
+                # DNS names are resolved at every attempt: a seed's address may change.
                 try:
                     infos = await trio.socket.getaddrinfo(host, port, type=stdlib_socket.SOCK_DGRAM)
                 except OSError as e:
                     log.warning("seed %s:%d: cannot resolve (%s)", host, port, e)
                     continue
-                addresses.extend((info[4][0], info[4][1]) for info in infos[:1])
-            addresses = [a for a in addresses if a != self.config.node.advertise]
+                for info in infos[:1]:
+                    address = (info[4][0], info[4][1])
+                    self._sources.expect(address, Source.SEED)
+                    addresses.append(address)
+            for address in rejoin:
+                self._sources.expect(address, Source.SNAPSHOT)
+                addresses.append(address)
+            addresses = list(dict.fromkeys(a for a in addresses if a != self.config.node.advertise))
+            if self._connected.is_set():
+                return
             if addresses:
+                self._joining.update(addresses)
                 self._feed(JoinRequested(tuple(addresses)))
             # Back off from a quick first retry (seeds started at the same
             # moment as this node are often a fraction of a second behind)
             # to [join] retry_interval.
             with trio.move_on_after(delay):
-                await self._joined.wait()
+                await self._connected.wait()
             delay = min(delay * 2, self.config.join.retry_interval)
+
+    # ================================================================ mDNS
+
+    def _advert(self) -> Advert:
+        host, port = self.config.node.advertise
+        return Advert(
+            node_id=self.node_id,
+            cluster=self.cluster,
+            key_fingerprint=self.keyring.fingerprint(self.keyring.primary),
+            address=(host, port),
+            stream_port=port,
+        )
+
+    async def _run_mdns(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        interfaces = list(self.config.discovery.interfaces)
+        if not interfaces:
+            host = self.config.node.advertise[0]
+            if ":" in host:
+                log.warning(
+                    "mDNS is off: [node] advertise %s is IPv6 — set [discovery] interfaces "
+                    "to this host's IPv4 address(es) to use it",
+                    host,
+                )
+                task_status.started()
+                return
+            interfaces = [host]
+
+        def check(advert: Advert) -> str | None:
+            return check_advert(
+                advert,
+                node_id=self.node_id,
+                cluster=self.cluster,
+                fingerprints=self.keyring.fingerprints(),
+            )
+
+        self._mdns = Mdns(
+            interfaces=interfaces, advert=self._advert(), check=check, on_peer=self._on_mdns_peer
+        )
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self._mdns.run)
+            nursery.start_soon(self._join_mdns_peers)
+            task_status.started()
+
+    def _on_mdns_peer(self, advert: Advert) -> None:
+        member = self.core.member(NodeId(advert.node_id))
+        if (
+            member is not None
+            and member.state in (MemberState.ALIVE, MemberState.SUSPECT)
+            and member.address == advert.address
+        ):
+            return  # already a member: nothing to do
+        self._mdns_pending.add(advert.address)
+        self._mdns_wake.set()
+
+    async def _join_mdns_peers(self) -> None:
+        """Join peers found by mDNS, batched: peers often announce together."""
+        while True:
+            await self._mdns_wake.wait()
+            await trio.sleep(_MDNS_BATCH_WAIT)
+            self._mdns_wake = trio.Event()
+            batch, self._mdns_pending = self._mdns_pending, set()
+            alive = {
+                m.address
+                for m in self.core.members()
+                if m.state in (MemberState.ALIVE, MemberState.SUSPECT)
+            }
+            addresses = sorted(a for a in batch if a not in alive and a not in self._joining)
+            if not addresses:
+                continue
+            for address in addresses:
+                self._sources.expect(address, Source.MDNS)
+            self._joining.update(addresses)
+            self.counters["mdns_joins"] += len(addresses)
+            self._feed(JoinRequested(tuple(addresses)))
+
+    # ================================================================ snapshot
+
+    async def _write_snapshots(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        task_status.started()
+        while True:
+            await self._snapshot_dirty.wait()
+            self._snapshot_dirty = trio.Event()
+            self._save_snapshot()
+            await trio.sleep(_SNAPSHOT_EVERY)
+
+    def _save_snapshot(self) -> None:
+        if self._core is None:
+            return
+        self._snapshot = Snapshot.of(
+            self.core.members(),
+            self_id=self.node_id,
+            now_wall=time.time(),
+            previous=self._snapshot,
+            keep_for=self.config.membership.reconnect_timeout,
+        )
+        try:
+            save_snapshot(self._snapshot_path, self._snapshot)
+        except OSError as e:
+            self.counters["snapshot_errors"] += 1
+            log.warning("cannot write the member snapshot %s: %s", self._snapshot_path, e)
+
+    # ================================================================ split
+
+    def _split_report(self) -> dict[str, Any] | None:
+        stats = self.core.statistics()
+        live = stats.members.get("alive", 0) + stats.members.get("suspect", 0)
+        found = self._split.suspicion(live_members=live)
+        if found is None:
+            return None
+        return {
+            "failed": list(found.failed),
+            "known": found.known,
+            "within_s": round(found.last_failure - found.first_failure, 3),
+            "since_s": round(trio.current_time() - found.first_failure, 3),
+            "reconnect_interval_s": self.config.membership.reconnect_interval,
+        }
+
+    def _warn_if_split(self) -> None:
+        report = self._split_report()
+        if report is not None:
+            log.warning(
+                "the mesh may be split: %d of %d members failed within %.0f s (%s); their "
+                "addresses are retried every %.0f s — check the network between this host "
+                "and them",
+                len(report["failed"]),
+                report["known"],
+                report["within_s"],
+                ", ".join(report["failed"][:5]),
+                report["reconnect_interval_s"],
+            )
 
     # ================================================================ control socket
 
@@ -740,11 +994,32 @@ class Daemon:
             "status": m.state.name.lower(),
             "incarnation": m.incarnation,
             "tags": decode_tags(m.meta),
+            "via": self._via(m),
             "protocol": {
                 "min": m.protocol.minimum,
                 "max": m.protocol.maximum,
                 "version": m.protocol.current,
             },
+        }
+
+    def _via(self, m: Member) -> str | None:
+        """How ``m`` was discovered (``self`` for this node)."""
+        if m.node_id == self.node_id:
+            return "self"
+        source = self._sources.source(m.node_id)
+        return None if source is None else source.value
+
+    def _discovery_json(self) -> dict[str, Any]:
+        return {
+            "mdns": (
+                self._mdns.describe()
+                if self._mdns is not None
+                else {"state": "off" if not self.config.discovery.mdns else "starting"}
+            ),
+            "sources": self._sources.counts(),
+            "rejoin": self.config.discovery.rejoin,
+            "snapshot": str(self._snapshot_path),
+            "reconnect_interval_s": self.config.membership.reconnect_interval,
         }
 
     async def _cmd_members(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -769,6 +1044,8 @@ class Daemon:
             "uptime_s": round(time.monotonic() - self._started_at, 3),
             "members": [self._member_json(m) for m in members],
             "counts": counts,
+            "split": self._split_report(),
+            "mdns": self._discovery_json()["mdns"]["state"],
             "counters": {**stats.counters, **self.counters},
         }
 
@@ -788,6 +1065,7 @@ class Daemon:
             "key_fingerprints": self.keyring.fingerprints(),
             "primary_key": self.keyring.fingerprint(self.keyring.primary),
             "tls_ca": self.tls.ca_fingerprint,
+            "discovery": self._discovery_json(),
             "counters": {**stats.counters, **self.counters},
         }
 
@@ -811,6 +1089,7 @@ class Daemon:
                 )
             )
             self._waiters.append(waiter)
+            self._sources.expect(address, Source.JOIN)
             try:
                 self._feed(JoinRequested((address,)))
                 with trio.move_on_after(self.config.membership.tcp_timeout + 1):

@@ -72,6 +72,10 @@ class LocalCluster:
         membership: ``[membership]`` overrides written into every config
             (e.g. ``{"profile": "lan"}``).
         secret: the cluster secret (base64); a new one by default.
+        seeds: every node but the first gets the first as its seed; without,
+            nodes have no seeds (they find each other by mDNS or snapshot).
+        mdns: ``[discovery] mdns`` (on 127.0.0.1 only: the advertise address).
+        discovery: other ``[discovery]`` settings written into every config.
     """
 
     def __init__(
@@ -82,6 +86,9 @@ class LocalCluster:
         cluster: str = "meshd",
         membership: Mapping[str, Any] | None = None,
         secret: str | None = None,
+        seeds: bool = True,
+        mdns: bool = False,
+        discovery: Mapping[str, Any] | None = None,
     ) -> None:
         self.root = root
         self.names = [f"node-{i}" for i in range(1, size + 1)]
@@ -94,18 +101,22 @@ class LocalCluster:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         first = self.names[0]
         for name in self.names:
-            seeds = [] if name == first else [("127.0.0.1", self.ports[first])]
+            node_seeds = (
+                [("127.0.0.1", self.ports[first])] if seeds and name != first else []
+            )
             path = write_init(
                 root / name,
                 name=name,
                 bind=("127.0.0.1", self.ports[name]),
-                seeds=seeds,
+                seeds=node_seeds,
                 secret_file=self.secret_file,
                 cluster=cluster,
+                mdns=mdns,
             )
-            if membership:
+            if membership or discovery:
                 data = tomllib.loads(path.read_text())
-                data.setdefault("membership", {}).update(membership)
+                data.setdefault("membership", {}).update(membership or {})
+                data.setdefault("discovery", {}).update(discovery or {})
                 path.write_text(tomli_w.dumps(data))
             self.configs[name] = path
             # Issue the TLS identity now, as `meshd init` does, so that starting

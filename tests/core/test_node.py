@@ -551,6 +551,26 @@ def test_node_reaps_dead_and_keeps_address_for_reconnect() -> None:
     assert all(codec.decode_stream_untrusted(o.data).join for o in joins)  # type: ignore[union-attr]
 
 
+def test_node_retries_left_members_address() -> None:
+    # A whole-mesh reboot is a graceful leave of everyone: the address of a
+    # left member is tried again like a dead one's.
+    cfg = attrs.evolve(LAN, reconnect_interval=10.0, push_pull_interval=0.0)
+    core = make(peers=1, config=cfg)
+    core.handle(PacketReceived(packet(Leave(0, peer(1))), addr(1)), 0.0)
+    out = tick_until(core, 25.0)
+    joins = [o for o in out if isinstance(o, OpenStream) and o.address == addr(1)]
+    assert joins
+    assert all(codec.decode_stream_untrusted(o.data).join for o in joins)  # type: ignore[union-attr]
+
+
+def test_node_does_not_retry_left_members_when_reconnect_is_off() -> None:
+    cfg = attrs.evolve(LAN, reconnect_interval=0.0, push_pull_interval=0.0)
+    core = make(peers=1, config=cfg)
+    core.handle(PacketReceived(packet(Leave(0, peer(1))), addr(1)), 0.0)
+    out = tick_until(core, 100.0)
+    assert not [o for o in out if isinstance(o, OpenStream) and o.address == addr(1)]
+
+
 def test_node_handle_rejects_non_inputs() -> None:
     with pytest.raises(TypeError, match="not an input"):
         make().handle("tick", 0.0)  # type: ignore[arg-type]
