@@ -271,6 +271,29 @@ BAD_CONFIGS: list[tuple[str, str, list[str]]] = [
         ["[tls] cert_file", 'mode = "pki"'],
     ),
     ("bad-log-level", '[log]\nlevel = "verbose"\n', ["[log] level", "debug, info, warning, error"]),
+    ("mdns-not-bool", '[discovery]\nmdns = "yes"\n', ["[discovery] mdns must be true or false"]),
+    ("rejoin-not-bool", "[discovery]\nrejoin = 1\n", ["[discovery] rejoin must be true or false"]),
+    (
+        "interfaces-not-array",
+        '[discovery]\ninterfaces = "10.0.0.5"\n',
+        ["[discovery] interfaces must be an array of IP address strings"],
+    ),
+    (
+        "interface-not-ip",
+        '[discovery]\ninterfaces = ["eth0"]\n',
+        ["[discovery] interfaces", "'eth0' is not an IP address"],
+    ),
+    (
+        "interface-unspecified",
+        '[discovery]\ninterfaces = ["0.0.0.0"]\n',
+        ["[discovery] interfaces", "0.0.0.0 is not an interface address"],
+    ),
+    (
+        "interfaces-all-and-more",
+        '[discovery]\ninterfaces = ["all", "10.0.0.5"]\n',
+        ['"all" already means every interface'],
+    ),
+    ("discovery-unknown-key", "[discovery]\nmdsn = true\n", ["mdsn", "mdns"]),
     ("socket-too-long", f'[control]\nsocket = "/{"s" * 120}"\n', ["[control] socket", "107"]),
     ("invalid-toml", "[node\n", ["invalid TOML", "line 1, column"]),
     ("invalid-toml-value", "[node]\nbind = 127.0.0.1:7946\n", ["invalid TOML", "line 2"]),
@@ -414,6 +437,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.membership == MembershipConfig.lan()
     assert config.join.seeds == ()
     assert config.join.retry_interval == 5.0
+    assert (config.discovery.mdns, config.discovery.interfaces) == (True, ())
+    assert config.discovery.rejoin is True
     assert config.tls.mode == "derived"
     assert (config.tls.ca_file, config.tls.cert_file, config.tls.key_file) == (None, None, None)
     assert config.state.dir == tmp_path / ".meshd"

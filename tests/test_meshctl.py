@@ -97,7 +97,7 @@ INFO = {
             "state": "running",
             "error": None,
             "interfaces": ["10.0.0.1"],
-            "instance": "node-a@prod",
+            "instance": "node-a@prod-3f2a",
             "counters": {"peers_seen": 3},
         },
         "sources": {"mdns": 2, "seed": 1, "snapshot": 0, "join": 0, "gossip": 0},

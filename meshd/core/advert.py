@@ -169,30 +169,33 @@ def check_advert(
     """Whether this node should try to join the advertised peer.
 
     Returns:
-        ``None`` to join; otherwise the reason to ignore it: our own
-        advertisement, another cluster name, a primary key this node does
-        not hold (another mesh, or one that rotated keys without us), or no
-        protocol version in common.
+        ``None`` to join; otherwise the reason to ignore it: another cluster
+        name, a primary key this node does not hold (another mesh, or one
+        that rotated keys without us), our own node id, or no protocol
+        version in common.
     """
-    if advert.node_id == node_id:
-        return SELF
+    # Node ids are unique within a mesh only: tell meshes apart first.
     if advert.cluster != cluster:
         return OTHER_CLUSTER
     if advert.key_fingerprint not in fingerprints:
         return OTHER_KEY
+    if advert.node_id == node_id:
+        return SELF
     if advert.protocol_max < protocol_min or advert.protocol_min > protocol_max:
         return INCOMPATIBLE
     return None
 
 
-def instance_name(node_id: str, cluster: str) -> str:
+def instance_name(node_id: str, cluster: str, address: Address) -> str:
     """The DNS-SD instance name: ``node@cluster``, shortened to fit one label.
 
-    Instance names must be unique on the link. Node ids are unique within a
-    cluster and the cluster name tells meshes apart, so ``node@cluster``
-    is; a name over 63 bytes keeps its head and gains a hash of the whole.
+    Instance names must be unique on the link, and registration skips the
+    uniqueness probe. Node ids are unique within a mesh only (two test
+    meshes may both have a ``node-1``), so a short hash of the node's
+    address is appended; a name over 63 bytes keeps its head and gains a
+    hash of the whole.
     """
-    name = f"{node_id}@{cluster}"
+    name = f"{node_id}@{cluster}-{_short_hash(address)}"
     if len(name.encode()) <= _LABEL_MAX:
         return name
     digest = hashlib.blake2b(name.encode(), digest_size=5).hexdigest()
@@ -208,6 +211,10 @@ def server_name(node_id: str, cluster: str, address: Address) -> str:
     """
     seed = f"{cluster}\0{node_id}\0{address[0]}\0{address[1]}".encode()
     return f"meshd-{hashlib.blake2b(seed, digest_size=6).hexdigest()}.local."
+
+
+def _short_hash(address: Address) -> str:
+    return hashlib.blake2b(f"{address[0]}\0{address[1]}".encode(), digest_size=2).hexdigest()
 
 
 def _required(txt: Mapping[str, str], key: str) -> str:

@@ -14,9 +14,9 @@ touch it in three ways only:
   TXT record (``core/advert.py``), and handing good peers to the daemon.
 
 Registration skips the uniqueness probe (``cooperating_responders=True``):
-the instance name ``node@cluster`` is unique by construction (node ids are
-unique within a cluster), and probing would add about 1.2 s to every
-start-up. Goodbye packets (TTL 0) go out on every clean stop, from a
+the instance name ``node@cluster-<hash of address>`` is unique by
+construction (``core/advert.py``), and probing would add about 1.2 s to
+every start-up. Goodbye packets (TTL 0) go out on every clean stop, from a
 shielded cancel scope, so peers drop the record at once.
 
 mDNS only *finds* peers. It cannot detect failures (a crashed host sends no
@@ -105,7 +105,9 @@ class Mdns:
             "state": self.state,
             "error": self.error,
             "interfaces": self._interfaces,
-            "instance": instance_name(self._advert.node_id, self._advert.cluster),
+            "instance": instance_name(
+                self._advert.node_id, self._advert.cluster, self._advert.address
+            ),
             "counters": dict(self.counters),
         }
 
@@ -136,6 +138,7 @@ class Mdns:
         def on_change(
             zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
         ) -> None:  # in the ServiceBrowser's thread
+            log.debug("mDNS: %s %s", state_change.name, name)
             if state_change in (ServiceStateChange.Added, ServiceStateChange.Updated):
                 try:
                     token.run_sync_soon(deliver, name)
@@ -209,7 +212,7 @@ class Mdns:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         return ServiceInfo(
             SERVICE_TYPE,
-            f"{instance_name(advert.node_id, advert.cluster)}.{SERVICE_TYPE}",
+            f"{instance_name(advert.node_id, advert.cluster, advert.address)}.{SERVICE_TYPE}",
             port=port,
             properties=encode_txt(advert),
             server=server_name(advert.node_id, advert.cluster, advert.address),

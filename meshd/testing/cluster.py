@@ -125,6 +125,13 @@ class LocalCluster:
             tls.isolated_identity(tls.identity_request(config, name, read_secret(self.secret_file)))
         self._ids = itertools.count(1)
 
+    def configure(self, name: str, section: str, values: Mapping[str, Any]) -> None:
+        """Change ``[section]`` of ``name``'s config file (applies at its next start)."""
+        path = self.configs[name]
+        data = tomllib.loads(path.read_text())
+        data.setdefault(section, {}).update(values)
+        path.write_text(tomli_w.dumps(data))
+
     # ------------------------------------------------------------ processes
 
     def socket_path(self, name: str) -> Path:
