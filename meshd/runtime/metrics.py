@@ -44,9 +44,20 @@ from prometheus_client.utils import floatToGoString
 
 from meshd import __version__
 from meshd.core.node import CoreStatistics
+from meshd.core.outputs import (
+    Event,
+    MemberFailed,
+    MemberJoined,
+    MemberLeft,
+    MemberReaped,
+    MemberRecovered,
+    MemberSuspected,
+    MemberUpdated,
+)
 
 __all__ = [
     "MEMBER_EVENTS",
+    "MEMBER_EVENT_LABELS",
     "MEMBER_STATES",
     "Histogram",
     "Metrics",
@@ -61,6 +72,18 @@ log = logging.getLogger("meshd.metrics")
 MEMBER_STATES = ("alive", "suspect", "dead", "left")
 #: ``meshd_member_events_total{event}``: one per kind of membership change.
 MEMBER_EVENTS = ("join", "suspect", "recover", "fail", "leave", "update", "reap")
+#: Core event -> ``event`` label; the daemon counts ``member_events_<label>``.
+MEMBER_EVENT_LABELS: Mapping[type[Event], str] = MappingProxyType(
+    {
+        MemberJoined: "join",
+        MemberSuspected: "suspect",
+        MemberRecovered: "recover",
+        MemberFailed: "fail",
+        MemberLeft: "leave",
+        MemberUpdated: "update",
+        MemberReaped: "reap",
+    }
+)
 
 #: Probe round trips: sub-millisecond on a LAN up to the probe timeout.
 PROBE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -358,7 +381,7 @@ def _parse_request_untrusted(head: bytes) -> _Request:
     accept = ""
     for line in header_lines:
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip() or not line.isprintable():
+        if not sep or not name or name != name.strip() or not line.replace("\t", " ").isprintable():
             raise _BadRequest("malformed header")
         if name.lower() == "accept":
             accept = value.strip()
