@@ -76,6 +76,10 @@ class LocalCluster:
             nodes have no seeds (they find each other by mDNS or snapshot).
         mdns: ``[discovery] mdns`` (on 127.0.0.1 only: the advertise address).
         discovery: other ``[discovery]`` settings written into every config.
+        addresses: ``name -> (ip, port)`` to bind instead of free loopback
+            ports (e.g. one address per network namespace).
+        launcher: turns a daemon's command line into the one to run (e.g.
+            prefixes ``ip netns exec NS``); called with the node's name.
     """
 
     def __init__(
@@ -89,10 +93,19 @@ class LocalCluster:
         seeds: bool = True,
         mdns: bool = False,
         discovery: Mapping[str, Any] | None = None,
+        addresses: Mapping[str, tuple[str, int]] | None = None,
+        launcher: Callable[[str, list[str]], list[str]] | None = None,
     ) -> None:
         self.root = root
         self.names = [f"node-{i}" for i in range(1, size + 1)]
-        self.ports = dict(zip(self.names, free_ports(size), strict=True))
+        if addresses is None:
+            addresses = {
+                name: ("127.0.0.1", port)
+                for name, port in zip(self.names, free_ports(size), strict=True)
+            }
+        self.addresses = dict(addresses)
+        self.ports = {name: self.addresses[name][1] for name in self.names}
+        self._launcher = launcher
         self.secret_file = root / "secret"
         fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -101,13 +114,11 @@ class LocalCluster:
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         first = self.names[0]
         for name in self.names:
-            node_seeds = (
-                [("127.0.0.1", self.ports[first])] if seeds and name != first else []
-            )
+            node_seeds = [self.addresses[first]] if seeds and name != first else []
             path = write_init(
                 root / name,
                 name=name,
-                bind=("127.0.0.1", self.ports[name]),
+                bind=self.addresses[name],
                 seeds=node_seeds,
                 secret_file=self.secret_file,
                 cluster=cluster,
@@ -145,8 +156,11 @@ class LocalCluster:
     ) -> subprocess.Popen[bytes]:
         """Start ``name``'s daemon; with ``wait``, return once its control socket answers."""
         log = open(self.log_path(name), "ab")
+        argv = [sys.executable, "-m", "meshd", "run", "--config", str(self.configs[name])]
+        if self._launcher is not None:
+            argv = self._launcher(name, argv)
         proc = subprocess.Popen(
-            [sys.executable, "-m", "meshd", "run", "--config", str(self.configs[name])],
+            argv,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
