@@ -151,8 +151,30 @@ def ensure_installed() -> bool:
     return True
 
 
+#: Commands some tests need, and the Debian package that brings each. As
+#: root with apt-get, `test` installs the missing ones; otherwise those tests
+#: skip and say why.
+TEST_TOOLS = {"nft": "nftables", "systemd-analyze": "systemd"}
+
+
+def ensure_test_tools() -> None:
+    """Install the Debian packages of missing TEST_TOOLS when root with apt-get."""
+    missing = sorted({pkg for tool, pkg in TEST_TOOLS.items() if shutil.which(tool) is None})
+    apt = shutil.which("apt-get")
+    if not missing or os.geteuid() != 0 or apt is None:
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    say("installing what some tests need: " + " ".join(missing))
+    for command in ([apt, "update"], [apt, "install", "-y", "--no-install-recommends", *missing]):
+        say("running: " + " ".join(command))
+        if subprocess.run(command, env=env, stdout=sys.stderr, check=False).returncode != 0:
+            say("warning: apt-get failed; the tests that need " + " ".join(missing) + " will skip")
+            return
+
+
 def run_test(args: list[str]) -> int:
     """Run pytest in the venv and return its exit status (no tests = failure)."""
+    ensure_test_tools()
     command = [str(VENV_PYTHON), "-m", "pytest", *args]
     say("running: .venv/bin/python -m pytest " + " ".join(args))
     process = subprocess.Popen(command, cwd=ROOT)
