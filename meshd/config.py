@@ -61,6 +61,7 @@ __all__ = [
     "DiscoverySection",
     "JoinSection",
     "LogSection",
+    "MetricsSection",
     "NodeSection",
     "StateSection",
     "TlsSection",
@@ -86,6 +87,9 @@ NODE_ID_FILE = "node_id"
 
 #: File name of the control socket inside the runtime or state directory.
 SOCKET_NAME = "meshd.sock"
+
+#: Port of the default ``[metrics] listen`` (127.0.0.1 only).
+DEFAULT_METRICS_PORT = 9946
 
 #: Log levels accepted by ``[log] level``.
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -230,6 +234,18 @@ class LogSection:
 
 
 @attrs.frozen(kw_only=True)
+class MetricsSection:
+    """``[metrics]``: the Prometheus endpoint.
+
+    Attributes:
+        listen: ``(ip, port)`` serving ``GET /metrics``, or ``None`` when
+            disabled (``listen = ""``).
+    """
+
+    listen: _Address | None = ("127.0.0.1", DEFAULT_METRICS_PORT)
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     """A validated daemon configuration, as read by :func:`load_config`.
 
@@ -244,6 +260,7 @@ class Config:
         control: ``[control]``.
         state: ``[state]``.
         log: ``[log]``.
+        metrics: ``[metrics]``.
     """
 
     path: Path
@@ -256,6 +273,7 @@ class Config:
     control: ControlSection
     state: StateSection
     log: LogSection
+    metrics: MetricsSection = MetricsSection()
 
 
 # ---------------------------------------------------------------------------
@@ -362,6 +380,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "control": ("socket",),
     "state": ("dir",),
     "log": ("level",),
+    "metrics": ("listen",),
 }
 
 # Python type of each MembershipConfig field ("float", "int", "bool", "str").
@@ -762,6 +781,15 @@ class _Reader:
         level = self.choice("log", "level", "info", LOG_LEVELS)
         return LogSection(level=typing.cast(Literal["debug", "info", "warning", "error"], level))
 
+    def metrics(self) -> MetricsSection:
+        """Build ``[metrics]``: ``listen = ""`` disables the endpoint."""
+        if not self.has("metrics", "listen"):
+            return MetricsSection()
+        value = self.raw("metrics", "listen")
+        if value == "":
+            return MetricsSection(listen=None)
+        return MetricsSection(listen=self.address("metrics", "listen", value, dns_names=False))
+
     def config(self) -> Config:
         """Build the whole :class:`Config`."""
         node = self.node()
@@ -782,6 +810,7 @@ class _Reader:
             control=self.control(state),
             state=state,
             log=self.log(),
+            metrics=self.metrics(),
         )
 
 
@@ -1016,7 +1045,7 @@ def _create_file(path: Path, data: bytes, *, mode: int) -> None:
 
 
 def check_ports_free(config: Config) -> None:
-    """Check that ``[node] bind`` can be bound for UDP and TCP, then release it.
+    """Check that ``[node] bind`` (UDP and TCP) and ``[metrics] listen`` can be bound.
 
     TCP is bound with ``SO_REUSEADDR`` like the daemon's listener, so
     connections in TIME_WAIT do not count as "in use".
@@ -1039,6 +1068,19 @@ def check_ports_free(config: Config) -> None:
                 sock.bind((host, port))
             except OSError as exc:
                 raise ConfigError(f"{where}: {_bind_problem(exc, kind)}") from None
+    if config.metrics.listen is not None:
+        host, port = config.metrics.listen
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        where = f"{config.path}: [metrics] listen {format_address(config.metrics.listen)}"
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError as exc:
+                problem = _bind_problem(exc, "TCP")
+                raise ConfigError(
+                    f"{where}: {problem} (or set listen = \"\" to turn metrics off)"
+                ) from None
 
 
 def _bind_problem(exc: OSError, kind: str) -> str:
@@ -1137,6 +1179,7 @@ def write_init(
     cluster: str = "meshd",
     advertise: _Address | None = None,
     mdns: bool = True,
+    metrics: _Address | None = ("127.0.0.1", DEFAULT_METRICS_PORT),
 ) -> Path:
     """Write a new configuration in ``dir`` for ``meshd init``.
 
@@ -1157,6 +1200,7 @@ def write_init(
         advertise: address others reach this node at (needed when ``bind``
             is 0.0.0.0 or ``::``).
         mdns: whether the node finds peers with mDNS (``[discovery] mdns``).
+        metrics: ``[metrics] listen``, or ``None`` to turn the endpoint off.
 
     Returns:
         The path of the written config file.
@@ -1201,6 +1245,7 @@ def write_init(
         "control": {"socket": SOCKET_NAME},
         "state": {"dir": "state"},
         "log": {"level": "info"},
+        "metrics": {"listen": "" if metrics is None else format_address(metrics)},
     }
     if secret_file is None:
         document["cluster"]["secret_file"] = new_secret.name

@@ -85,8 +85,6 @@ def _default_config_path() -> Path:
 def _run(parser: argparse.ArgumentParser, args: list[str]) -> int:
     """``meshd run``: start the daemon in the foreground until SIGTERM/SIGINT."""
     options = parser.parse_args(args)
-    import logging
-
     from meshd.config import check_tls_files, load_config, node_id, read_secret
 
     config = load_config(options.config or _default_config_path())
@@ -95,11 +93,10 @@ def _run(parser: argparse.ArgumentParser, args: list[str]) -> int:
     except ConfigError as exc:
         raise ConfigError(f"{config.path}: {exc}") from None
     check_tls_files(config)
-    logging.basicConfig(
-        level=(options.log_level or config.log.level).upper(),
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-    )
+    from meshd.runtime.logs import configure_logging
+
+    # journald gets <N> priority prefixes and no timestamps (JOURNAL_STREAM).
+    configure_logging(options.log_level or config.log.level)
     import trio
 
     from meshd.runtime.daemon import serve

@@ -46,8 +46,10 @@ class Source(enum.Enum):
 class SourceBook:
     """Which discovery source found each member.
 
-    The first source wins: a member found by mDNS and later also listed
-    by a seed stays ``mdns``.
+    The first *direct* source wins: a member found by mDNS and later also
+    listed as a seed stays ``mdns``. Gossip is only a fallback label: a
+    member first heard of through others (or that joined us) becomes
+    ``mdns``, ``seed``, ... as soon as that source names it too.
     """
 
     def __init__(self) -> None:
@@ -59,13 +61,18 @@ class SourceBook:
         self._expected.setdefault(address, source)
 
     def joined(self, node_id: NodeId, address: Address) -> Source:
-        """Record the first appearance of ``node_id``; return its source."""
+        """Record the appearance of ``node_id`` at ``address``; return its source."""
         known = self._sources.get(node_id)
-        if known is not None:
+        if known is not None and known is not Source.GOSSIP:
             return known
-        source = self._expected.pop(address, Source.GOSSIP)
+        source = self._expected.get(address, Source.GOSSIP)
         self._sources[node_id] = source
         return source
+
+    def named(self, node_id: NodeId, source: Source) -> None:
+        """``source`` names ``node_id`` directly (e.g. its mDNS advertisement)."""
+        if self._sources.get(node_id) in (None, Source.GOSSIP):
+            self._sources[node_id] = source
 
     def source(self, node_id: NodeId) -> Source | None:
         """The member's source, or None if it has not appeared."""

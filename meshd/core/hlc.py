@@ -1,4 +1,4 @@
-"""Hybrid logical clock: timestamps that follow wall time but never run backwards or lose causality."""
+"""Hybrid logical clock: timestamps near wall time that never run backwards or lose causality."""
 
 # Strategy
 #
@@ -57,10 +57,10 @@ from meshd.errors import RemoteProtocolError
 __all__ = [
     "DEFAULT_MAX_DRIFT_MS",
     "LOGICAL_BITS",
+    "ZERO",
     "ClockDriftError",
     "HybridClock",
     "Timestamp",
-    "ZERO",
     "Version",
 ]
 
@@ -148,7 +148,7 @@ class Version:
 
 @attrs.define(eq=False)
 class HybridClock:
-    """One node's HLC. Stamp local writes with :meth:`now`; pass every received timestamp to :meth:`update`.
+    """One node's HLC: :meth:`now` stamps local events, :meth:`update` merges received ones.
 
     Attributes:
         max_drift_ms: how far ahead of our physical time a remote timestamp

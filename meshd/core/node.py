@@ -82,6 +82,7 @@ from meshd.core.outputs import (
     OpenStream,
     Output,
     PacketRejected,
+    ProbeCompleted,
     ReplyStream,
     SendPacket,
     UserMessageReceived,
@@ -430,6 +431,7 @@ class NodeCore:
                 entry = self._table.get(p.target)
                 if entry is not None:
                     entry.srtt, entry.rttvar = timing.rtt_update(entry.srtt, entry.rttvar, rtt)
+            self._out.append(ProbeCompleted(p.target, rtt))
             # "Direct" for local health means: answered within the configured
             # probe timeout, however early we escalated.
             self._probe_succeeded(p, now, direct=rtt <= self._config.probe_timeout)

@@ -28,6 +28,7 @@ __all__ = [
     "OpenStream",
     "Output",
     "PacketRejected",
+    "ProbeCompleted",
     "ReplyStream",
     "SendPacket",
     "UserMessageReceived",
@@ -158,6 +159,15 @@ class LeaveCompleted:
 
 
 @attrs.frozen
+class ProbeCompleted:
+    """A probe of ``node`` was acknowledged ``rtt`` seconds after the ping
+    went out (directly or through ping-req): for the probe-duration metric."""
+
+    node: NodeId
+    rtt: float
+
+
+@attrs.frozen
 class UserMessageReceived:
     """A user message broadcast by ``sender`` arrived."""
 
@@ -177,6 +187,7 @@ Event = (
     | JoinSucceeded
     | JoinFailed
     | LeaveCompleted
+    | ProbeCompleted
     | UserMessageReceived
 )
 

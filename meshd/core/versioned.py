@@ -1,4 +1,4 @@
-"""Stored values: one versioned record per (namespace, key); the last writer wins; deletes are tombstones."""
+"""Stored values: a versioned record per key; last writer wins; deletes are tombstones."""
 
 # Strategy
 #
@@ -98,7 +98,9 @@ class Record:
 
     namespace: str = attrs.field(validator=_check_namespace)
     key: bytes = attrs.field(repr=lambda k: k.hex())
-    value: bytes | None = attrs.field(repr=lambda v: "tombstone" if v is None else f"<{len(v)} bytes>")
+    value: bytes | None = attrs.field(
+        repr=lambda v: "tombstone" if v is None else f"<{len(v)} bytes>"
+    )
     timestamp: Timestamp
     writer: str
 
@@ -207,7 +209,9 @@ def plan_read_repair(answers: Mapping[str, Record | None]) -> RepairPlan:
     if winner is None:
         return RepairPlan(None, ())
     stale = tuple(
-        replica for replica, record in answers.items() if record is None or _rank(record) < _rank(winner)
+        replica
+        for replica, record in answers.items()
+        if record is None or _rank(record) < _rank(winner)
     )
     return RepairPlan(winner, stale)
 

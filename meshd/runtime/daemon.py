@@ -21,7 +21,11 @@ them are:
 * **mDNS** (``runtime/mdns.py``) announces this node and reports peers of the
   same mesh; the **mDNS joiner** batches them into joins;
 * the **snapshot writer** keeps ``members.json`` current (at most once a
-  second), so a reboot of every host re-forms the mesh.
+  second), so a reboot of every host re-forms the mesh;
+* the **metrics server** answers ``GET /metrics`` on ``[metrics] listen``
+  (``runtime/metrics.py``), and systemd hears from ``runtime/sdnotify.py``:
+  READY once everything above runs and the first join went out, STATUS
+  when the member counts or health change, WATCHDOG from this loop.
 
 Every core output is performed by :meth:`Daemon._perform`: datagrams are
 sealed and queued, stream requests become short-lived tasks with a deadline
@@ -92,6 +96,7 @@ from meshd.core.outputs import (
     OpenStream,
     Output,
     PacketRejected,
+    ProbeCompleted,
     ReplyStream,
     SendPacket,
 )
@@ -99,6 +104,7 @@ from meshd.core.types import Address, Member, MemberState, NodeId
 from meshd.errors import BadPacket, ConfigError, MeshError
 from meshd.runtime import tls
 from meshd.runtime.mdns import Mdns
+from meshd.runtime.sdnotify import Notifier
 from meshd.runtime.framing import FrameError, receive_frame, send_frame
 
 __all__ = [
@@ -132,6 +138,16 @@ _SNAPSHOT_EVERY = 1.0
 #: Seconds the mDNS joiner waits to batch peers announced together.
 _MDNS_BATCH_WAIT = 0.05
 SNAPSHOT_FILE = "members.json"
+#: ``meshd_member_events_total{event}`` labels.
+_MEMBER_EVENT_LABELS: dict[type, str] = {
+    MemberJoined: "join",
+    MemberSuspected: "suspect",
+    MemberRecovered: "recover",
+    MemberFailed: "fail",
+    MemberLeft: "leave",
+    MemberUpdated: "update",
+    MemberReaped: "reap",
+}
 
 
 def encode_tags(tags: dict[str, str]) -> bytes:
@@ -235,8 +251,16 @@ class Daemon:
         secret: the cluster secret (seeds the keyring and the TLS CA).
     """
 
-    def __init__(self, config: Config, *, node_id: str, secret: bytes) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        node_id: str,
+        secret: bytes,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.config = config
+        self.notifier = notifier if notifier is not None else Notifier(environ={})
         self.node_id = NodeId(node_id)
         self.cluster = config.cluster.name
         state_dir = config.state.dir
@@ -285,6 +309,8 @@ class Daemon:
         self._mdns_pending: set[Address] = set()
         self._mdns_wake = trio.Event()
         self._joining: set[Address] = set()
+        self._status_line = ""
+        self._metrics: Any = None  # runtime.metrics.Metrics, imported only when served
 
     # ================================================================ life cycle
 
@@ -337,6 +363,9 @@ class Daemon:
                 if self.config.discovery.mdns:
                     await nursery.start(self._run_mdns)
                 await nursery.start(self._join_seeds)
+                if self.config.metrics.listen is not None:
+                    await nursery.start(self._serve_metrics)
+                self.notifier.ready(self.status_line())
                 log.info(
                     "meshd %s: node %s listening on %s (cluster %s, key %s)",
                     __version__,
@@ -360,6 +389,51 @@ class Daemon:
             except OSError:
                 pass
 
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: member counts and health."""
+        stats = self.core.statistics()
+        counts = stats.members
+        parts = [f"{counts.get('alive', 0)} alive"]
+        parts += [f"{counts[s]} {s}" for s in ("suspect", "dead") if counts.get(s)]
+        line = ", ".join(parts) + f"; health {stats.health_score}"
+        if self._split_report() is not None:
+            line += "; the mesh may be split"
+        return line
+
+    def _update_status(self) -> None:
+        line = self.status_line()
+        if line != self._status_line:
+            self._status_line = line
+            self.notifier.status(line)
+
+    async def _serve_metrics(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        listen = self.config.metrics.listen
+        assert listen is not None
+        metrics = self._metrics_registry()
+        from meshd.runtime.metrics import serve_metrics
+
+        try:
+            listeners = await trio.open_tcp_listeners(listen[1], host=listen[0])
+        except OSError as e:
+            raise ConfigError(
+                f"[metrics] listen {format_address(listen)}: cannot bind ({e.strerror}) — stop "
+                'the other process, choose another port, or set listen = "" to turn it off'
+            ) from None
+        for listener in listeners:
+            await listener.aclose()
+        await serve_metrics(metrics.registry, listen[0], listen[1], task_status=task_status)
+
+    def _metrics_registry(self) -> Any:
+        if self._metrics is None:
+            from meshd.runtime.metrics import Metrics, snapshot_from_counters
+
+            self._metrics = Metrics(
+                lambda: snapshot_from_counters(self.core.statistics(), self.counters)
+            )
+        return self._metrics
+
     def stop(self) -> None:
         """Stop at once, without a leave (the others will detect a failure)."""
         self._stop.set()
@@ -377,7 +451,7 @@ class Daemon:
     def reload(self, config: Config) -> list[str]:
         """Apply what can change without a restart; return what could not."""
         ignored = []
-        for section in ("cluster", "tls", "state", "control", "discovery"):
+        for section in ("cluster", "tls", "state", "control", "discovery", "metrics"):
             if getattr(config, section) != getattr(self.config, section):
                 ignored.append(f"[{section}]")
         if (
@@ -427,6 +501,13 @@ class Daemon:
             self._on_event(out)
 
     def _on_event(self, ev: Event) -> None:
+        if isinstance(ev, ProbeCompleted):
+            if self._metrics is not None:
+                self._metrics.probe_duration.observe(ev.rtt)
+            return
+        label = _MEMBER_EVENT_LABELS.get(type(ev))
+        if label is not None:
+            self.counters[f"member_events_{label}"] += 1
         if isinstance(ev, MemberJoined):
             source = self._sources.joined(ev.member.node_id, ev.member.address)
             self._split.cleared(ev.member.node_id)
@@ -460,6 +541,9 @@ class Daemon:
             log.debug("rejected bytes from %s: %s", _addr(ev.source), ev.reason)
         elif isinstance(ev, JoinSucceeded):
             self._joining.discard(ev.address)
+            for m in self.core.members()[1:]:
+                if m.address == ev.address:  # the member we joined through
+                    self._sources.joined(m.node_id, m.address)
             log.info("joined through %s (%d members)", _addr(ev.address), ev.members)
             self._joined.set()
             self._connected.set()
@@ -470,6 +554,8 @@ class Daemon:
             self._left.set()
         if isinstance(ev, (MemberJoined, MemberFailed, MemberLeft, MemberReaped, MemberRecovered)):
             self._snapshot_dirty.set()
+        if label is not None:
+            self._update_status()
         for w in self._waiters:
             if not w.event.is_set() and w.match(ev):
                 w.result = ev
@@ -564,9 +650,11 @@ class Daemon:
                     await stream.do_handshake()
                     tls.check_peer(stream, req.peer)
                     await send_frame(stream, req.data)
+                    self.counters["stream_frames_sent"] += 1
                     reply = None
                     if req.expect_reply:
                         reply = await receive_frame(stream, codec.STREAM_MAX)
+                        self.counters["stream_frames_received"] += 1
                         self.counters["stream_bytes_received"] += len(reply)
                     self.counters["stream_bytes_sent"] += len(req.data) + 4
             return StreamResult(req.request_id, data=reply)
@@ -625,10 +713,12 @@ class Daemon:
                         await stream.do_handshake()
                         peer = tls.check_peer(stream, None)
                         data = await receive_frame(stream, codec.STREAM_MAX)
+                        self.counters["stream_frames_received"] += 1
                         self.counters["stream_bytes_received"] += len(data) + 4
                         reply = self._answer_stream(peer, data, (source[0], source[1]))
                         if reply is not None:
                             await send_frame(stream, reply)
+                            self.counters["stream_frames_sent"] += 1
                             self.counters["stream_bytes_sent"] += len(reply) + 4
             except tls.PeerMismatch as e:
                 self.counters["stream_identity_mismatch"] += 1
@@ -814,6 +904,7 @@ class Daemon:
             task_status.started()
 
     def _on_mdns_peer(self, advert: Advert) -> None:
+        self._sources.named(NodeId(advert.node_id), Source.MDNS)
         member = self.core.member(NodeId(advert.node_id))
         if (
             member is not None
@@ -1106,6 +1197,10 @@ class Daemon:
             raise _CommandFailed("; ".join(f"{a}: {e}" for a, e in failed.items()))
         return {"joined": joined, "failed": failed}
 
+    async def _cmd_metrics(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The Prometheus text, as ``/metrics`` serves it (also when that is off)."""
+        return {"text": self._metrics_registry().text().decode()}
+
     async def _cmd_leave(self, args: dict[str, Any]) -> dict[str, Any]:
         assert self._nursery is not None
         self._nursery.start_soon(self.leave)
@@ -1243,28 +1338,38 @@ async def serve(config: Config, *, node_id: str, secret: bytes) -> int:
     """
     from meshd.config import load_config
 
-    daemon = Daemon(config, node_id=node_id, secret=secret)
+    from meshd.runtime import sdnotify
+
+    notifier = sdnotify.Notifier()
+    daemon = Daemon(config, node_id=node_id, secret=secret, notifier=notifier)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
+            # The watchdog runs in this loop: a blocked loop stops feeding it.
+            await nursery.start(sdnotify.watchdog, notifier)
             await nursery.start(daemon.run)
 
             async def watch_signals() -> None:
                 async for sig in signals:
                     if sig == signal.SIGHUP:
+                        notifier.reloading("reloading the configuration")
                         try:
                             fresh = load_config(config.path)
                         except ConfigError as e:
                             log.error("reload failed, keeping the running configuration: %s", e)
-                            continue
-                        ignored = daemon.reload(fresh)
-                        if ignored:
-                            log.warning(
-                                "reloaded; these need a restart to change: %s", ", ".join(ignored)
-                            )
                         else:
-                            log.info("reloaded the configuration")
+                            ignored = daemon.reload(fresh)
+                            if ignored:
+                                log.warning(
+                                    "reloaded; these need a restart to change: %s",
+                                    ", ".join(ignored),
+                                )
+                            else:
+                                log.info("reloaded the configuration")
+                        # Always READY again: `systemctl reload` waits for it.
+                        notifier.ready(daemon.status_line())
                     else:
                         log.info("received %s", signal.Signals(sig).name)
+                        notifier.stopping("leaving the mesh")
                         await daemon.leave()
                         return
 

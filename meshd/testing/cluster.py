@@ -80,6 +80,9 @@ class LocalCluster:
             ports (e.g. one address per network namespace).
         launcher: turns a daemon's command line into the one to run (e.g.
             prefixes ``ip netns exec NS``); called with the node's name.
+        metrics: serve ``/metrics`` on a free loopback port per node
+            (:attr:`metrics_ports`); off by default, since every node of a
+            LocalCluster shares one host.
     """
 
     def __init__(
@@ -95,6 +98,7 @@ class LocalCluster:
         discovery: Mapping[str, Any] | None = None,
         addresses: Mapping[str, tuple[str, int]] | None = None,
         launcher: Callable[[str, list[str]], list[str]] | None = None,
+        metrics: bool = False,
     ) -> None:
         self.root = root
         self.names = [f"node-{i}" for i in range(1, size + 1)]
@@ -106,6 +110,11 @@ class LocalCluster:
         self.addresses = dict(addresses)
         self.ports = {name: self.addresses[name][1] for name in self.names}
         self._launcher = launcher
+        self.metrics_ports: dict[str, int] = {}
+        if metrics:
+            taken = set(self.ports.values())
+            free = [p for p in free_ports(2 * size) if p not in taken][:size]
+            self.metrics_ports = dict(zip(self.names, free, strict=True))
         self.secret_file = root / "secret"
         fd = os.open(self.secret_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
@@ -123,6 +132,9 @@ class LocalCluster:
                 secret_file=self.secret_file,
                 cluster=cluster,
                 mdns=mdns,
+                metrics=(
+                    ("127.0.0.1", self.metrics_ports[name]) if name in self.metrics_ports else None
+                ),
             )
             if membership or discovery:
                 data = tomllib.loads(path.read_text())

@@ -82,7 +82,7 @@ from meshd.core.inputs import (
     StreamResult,
     Tick,
 )
-from meshd.core.outputs import OpenStream, ReplyStream, SendPacket
+from meshd.core.outputs import OpenStream, ProbeCompleted, ReplyStream, SendPacket
 from meshd.core.types import Address, Member, MemberState, NodeId
 
 if TYPE_CHECKING:
@@ -962,7 +962,8 @@ class SimNetwork:
                 heapq.heappush(self._heap, entry)
 
     def _emit(self, node: SimNode, event: Event, now: float) -> None:
-        if self._record_trace:
+        # Probe timings (one per member per second) would swamp the trace.
+        if self._record_trace and type(event) is not ProbeCompleted:
             self.trace.append(TraceEntry(now, node.node_id, event))
         for listener in self.listeners:
             listener(now, node.node_id, event)

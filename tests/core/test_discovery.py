@@ -16,15 +16,27 @@ def member(name: str, address: tuple[str, int], state: MemberState) -> Member:
     return Member(NodeId(name), address, 1, state)
 
 
-def test_first_source_wins_and_strangers_came_by_gossip() -> None:
+def test_first_direct_source_wins_and_strangers_came_by_gossip() -> None:
     book = SourceBook()
     book.expect(A, Source.MDNS)
     book.expect(A, Source.SEED)  # the same address found again: mdns was first
     assert book.joined(NodeId("a"), A) is Source.MDNS
+    book.named(NodeId("a"), Source.SNAPSHOT)
+    assert book.source(NodeId("a")) is Source.MDNS
     assert book.joined(NodeId("b"), B) is Source.GOSSIP
-    book.expect(B, Source.JOIN)
-    assert book.joined(NodeId("b"), B) is Source.GOSSIP  # already known
-    assert book.counts() == {"mdns": 1, "seed": 0, "snapshot": 0, "join": 0, "gossip": 1}
+    book.named(NodeId("c"), Source.MDNS)
+    assert book.counts() == {"mdns": 2, "seed": 0, "snapshot": 0, "join": 0, "gossip": 1}
+
+
+def test_gossip_gives_way_to_a_direct_source() -> None:
+    book = SourceBook()
+    assert book.joined(NodeId("b"), B) is Source.GOSSIP  # b joined us first
+    book.named(NodeId("b"), Source.MDNS)  # then its advertisement arrived
+    assert book.source(NodeId("b")) is Source.MDNS
+    # Or we learned of it by gossip, then joined its address as a seed.
+    assert book.joined(NodeId("c"), C) is Source.GOSSIP
+    book.expect(C, Source.SEED)
+    assert book.joined(NodeId("c"), C) is Source.SEED
 
 
 def test_a_reaped_member_is_new_when_it_returns() -> None:
