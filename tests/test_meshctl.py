@@ -16,9 +16,11 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import threading
+import time
 import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -246,15 +248,20 @@ def test_meshctl_status_text(serve: Any, capsys: pytest.CaptureFixture[str]) -> 
     server = serve(ok(STATUS))
     status, out, err = run(capsys, server, "status")
     assert (status, err) == (ExitStatus.OK, "")
+    # Load, owns and plugins are not reported yet (KV store, plugins): "--",
+    # never a made-up number. Health is known for this node only.
     assert out == (
         "Mesh: prod  self=node-a  members=4  key=0123456789abcdef\n"
         "========================================================\n"
-        "Status=Alive/Suspect/Dead/Left  Via=how this node found the member\n"
-        f"--  Name{' ' * 45}Address             Inc  Via     Tags\n"
-        f"A   node-a{' ' * 43}10.0.0.1:7946       42   self    dc=x,role=web\n"
-        f"S   node-b{' ' * 43}10.0.0.2:7946       7    gossip  --\n"
-        f"D   {LONG}  [2001:db8::3]:7946  3    mdns    role=db\n"
-        f"L   node-d{' ' * 43}10.0.0.4:7946       1    gossip  --\n"
+        "Status=Alive/Suspect/Dead/Left  Inc=incarnation  Health=local health score, 0 is best\n"
+        "Load=data stored  Owns=share of the keys  Via=how this node found the member"
+        "  --=not known\n"
+        f"--  Name{' ' * 45}Address             Load  Owns  Inc  Health  Plugins  Via     Tags\n"
+        f"A   node-a{' ' * 43}10.0.0.1:7946       --    --    42   2       --       self"
+        "    dc=x,role=web\n"
+        f"S   node-b{' ' * 43}10.0.0.2:7946       --    --    7    --      --       gossip  --\n"
+        f"D   {LONG}  [2001:db8::3]:7946  --    --    3    --      --       mdns    role=db\n"
+        f"L   node-d{' ' * 43}10.0.0.4:7946       --    --    1    --      --       gossip  --\n"
         "Alive:1 / Suspect:1 / Dead:1 / Left:1\n"
         f"WARNING: 2 member(s) not alive: node-b (suspect), {LONG} (dead)\n"
         "  check `systemctl status meshd` on those hosts, and that their address is "
@@ -313,6 +320,404 @@ def test_meshctl_status_warning_lists_at_most_ten_names(
     (warning,) = [line for line in out.splitlines() if line.startswith("WARNING")]
     assert warning.endswith("n09 (dead), and 3 more")
     assert warning.startswith("WARNING: 13 member(s) not alive: n00 (dead), ")
+
+
+def test_meshctl_status_shows_data_fields_when_the_daemon_reports_them(
+    serve: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # What the KV store and the plugins will add: load (bytes), owns
+    # (fraction), plugins, a member's own health, and the footer counts.
+    extra = {
+        "node-a": {"load": 123_456_789, "owns": 1 / 3, "plugins": ["hello", "status"]},
+        "node-b": {"load": 512, "owns": 0.25, "plugins": [], "health": 1},
+    }
+    members = [{**MEMBERS[1], **extra["node-a"]}, {**MEMBERS[0], **extra["node-b"]}]
+    result = {
+        **HEALTHY_STATUS,
+        "members": members,
+        "counts": {"alive": 1, "suspect": 1, "dead": 0, "left": 0},
+        "under_replicated": 0,
+        "hints_pending": 12,
+        "handoffs": [{"range": 1}, {"range": 2}],
+    }
+    server = serve(ok(result))
+    status, out, _ = run(capsys, server, "status")
+    assert status == ExitStatus.OK
+    lines = out.splitlines()
+    assert lines[4:7] == [
+        "--  Name    Address        Load       Owns   Inc  Health  Plugins       Via     Tags",
+        "A   node-a  10.0.0.1:7946  117.7 MiB  33.3%  42   0       hello,status  self"
+        "    dc=x,role=web",
+        "S   node-b  10.0.0.2:7946  512 B      25.0%  7    1       --            gossip  --",
+    ]
+    assert lines[8] == "Under-replicated ranges:0 / Hints pending:12 / Handoffs:2"
+    assert "fewer copies" not in out  # 0 under-replicated ranges: no warning
+
+
+@pytest.mark.parametrize(
+    ("size", "text"),
+    [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536, "1.5 KiB"),
+        (5 * 2**30, "5.0 GiB"),
+        (2**60, "1024.0 PiB"),
+    ],
+)
+def test_meshctl_size_uses_binary_units(size: int, text: str) -> None:
+    assert meshctl._size(size) == text
+
+
+def test_meshctl_status_mistyped_data_field_exits_1(
+    serve: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    members = [{**MEMBERS[1], "owns": "a third"}]
+    server = serve(ok({**HEALTHY_STATUS, "members": members}))
+    status, out, err = run(capsys, server, "status")
+    assert (status, out) == (ExitStatus.ERROR, "")
+    assert err.startswith("meshctl: meshd's status answer lacks or mistypes")
+
+
+def test_meshctl_status_warns_when_mdns_failed(
+    serve: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = serve(ok({**HEALTHY_STATUS, "mdns": "failed"}))
+    _, out, _ = run(capsys, server, "status")
+    assert "WARNING: mDNS discovery failed to start" in out
+    assert "meshctl info" in out
+    assert "224.0.0.251" in out
+
+
+def test_meshctl_status_warns_of_under_replicated_ranges(
+    serve: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = serve(ok({**HEALTHY_STATUS, "under_replicated": 3}))
+    _, out, _ = run(capsys, server, "status")
+    assert "Under-replicated ranges:3\n" in out
+    assert "WARNING: 3 key range(s) have fewer copies than configured\n" in out
+
+
+def test_meshctl_status_sorts_names_naturally(
+    serve: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = ["node-10", "node-2", "node-1", "db", "node-1b", "Node-3", "node-02"]
+    members = [_member(n, "10.0.0.1:7946", "alive", 1, {}) for n in names]
+    server = serve(ok({**HEALTHY_STATUS, "members": members}))
+    _, out, _ = run(capsys, server, "status")
+    rows = out.splitlines()[5 : 5 + len(names)]
+    assert [row.split()[1] for row in rows] == [
+        "Node-3",
+        "db",
+        "node-1",
+        "node-1b",
+        "node-2",
+        "node-02",
+        "node-10",
+    ]
+
+
+# ---------------------------------------------------------------------------
+# status --check: exit 3 when anything is unhealthy.
+
+SPLIT = {
+    "failed": ["node-c", "node-d"],
+    "known": 4,
+    "within_s": 3.2,
+    "since_s": 10.0,
+    "reconnect_interval_s": 30.0,
+}
+
+
+def test_meshctl_status_check_healthy_exits_0_with_normal_output(
+    serve: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Left members are a graceful exit, not a fault.
+    members = [MEMBERS[1], MEMBERS[3]]
+    counts = {"alive": 1, "suspect": 0, "dead": 0, "left": 1}
+    server = serve(ok({**HEALTHY_STATUS, "members": members, "counts": counts}))
+    plain = run(capsys, server, "status")
+    checked = run(capsys, server, "status", "--check")
+    assert checked == plain
+    assert checked[0] == ExitStatus.OK
+    assert checked[2] == ""
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"members": [MEMBERS[1], MEMBERS[0]]}, "1 member(s) suspect"),
+        ({"members": [MEMBERS[1], MEMBERS[2]]}, "1 member(s) dead"),
+        ({"split": SPLIT}, "the mesh may be split"),
+        ({"health": 3}, "local health score 3"),
+        ({"mdns": "failed"}, "mDNS discovery failed"),
+        ({"under_replicated": 2}, "2 under-replicated range(s)"),
+        ({"under_replicated": [{"range": 1}]}, "1 under-replicated range(s)"),
+    ],
+)
+def test_meshctl_status_check_unhealthy_exits_3(
+    serve: Any, capsys: pytest.CaptureFixture[str], change: dict[str, Any], reason: str
+) -> None:
+    server = serve(ok({**HEALTHY_STATUS, **change}))
+    status, out, err = run(capsys, server, "status", "--check")
+    assert status == ExitStatus.UNHEALTHY
+    assert int(ExitStatus.UNHEALTHY) == 3  # documented in --help: never renumbered
+    assert out.startswith("Mesh: prod")  # the usual output, too
+    assert err == f"meshctl: unhealthy: {reason}\n"
+
+
+def test_meshctl_status_check_lists_every_reason(
+    serve: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = serve(ok({**STATUS, "split": SPLIT, "mdns": "failed"}))
+    status, _, err = run(capsys, server, "status", "--check")
+    assert status == ExitStatus.UNHEALTHY
+    assert err == (
+        "meshctl: unhealthy: 1 member(s) suspect; 1 member(s) dead; the mesh may be split; "
+        "local health score 2; mDNS discovery failed\n"
+    )
+
+
+def test_meshctl_status_check_with_json(serve: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    server = serve(ok(STATUS))
+    status, out, err = run(capsys, server, "status", "--check", "--json")
+    assert status == ExitStatus.UNHEALTHY
+    assert json.loads(out) == {"v": 1, **STATUS}
+    assert err.startswith("meshctl: unhealthy: ")
+    server2 = serve(ok(HEALTHY_STATUS))
+    status, out, err = run(capsys, server2, "status", "--json", "--check")
+    assert (status, err) == (ExitStatus.OK, "")
+    assert json.loads(out) == {"v": 1, **HEALTHY_STATUS}
+
+
+def test_meshctl_status_check_when_unreachable_is_not_3(
+    short_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A monitor tells "meshd is down" (69) from "the mesh is degraded" (3).
+    path = short_dir / "absent.sock"
+    status, _, _ = run(capsys, None, "--socket", str(path), "status", "--check")
+    assert status == ExitStatus.UNAVAILABLE
+
+
+def test_meshctl_status_help_documents_check_and_exit_3(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, out, _ = run(capsys, None, "status", "--help")
+    assert status == ExitStatus.OK
+    assert "--check" in out
+    assert "--watch [SECS]" in out
+    assert "  3    --check: something is unhealthy" in out
+    status, out, _ = run(capsys, None, "--help")
+    assert "  3    status --check: something is unhealthy" in out
+    assert "meshctl metrics" in out
+
+
+def test_meshctl_status_check_and_watch_exclude_each_other(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    status, _, err = run(capsys, None, "status", "--check", "--watch")
+    assert status == ExitStatus.USAGE
+    assert "not allowed with" in err
+
+
+# ---------------------------------------------------------------------------
+# status --watch
+
+
+class _Interrupt:
+    """A ``time.sleep`` stand-in: records delays, raises Ctrl-C on call ``after``."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.delays: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        if len(self.delays) == self.after:
+            raise KeyboardInterrupt
+
+
+def test_meshctl_status_watch_redraws_until_ctrl_c(
+    serve: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = serve(ok(HEALTHY_STATUS))
+    sleep = _Interrupt(after=3)
+    monkeypatch.setattr(time, "sleep", sleep)
+    status, out, err = run(capsys, server, "status", "--watch", "0.5")
+    assert (status, err) == (ExitStatus.OK, "")  # Ctrl-C ends a watch cleanly
+    assert len(server.requests) == 3
+    assert len(sleep.delays) == 3
+    frames = out.split("\n\n")  # not a terminal: frames follow each other
+    assert len(frames) == 3
+    plain = meshctl.render_status(HEALTHY_STATUS).out
+    for frame in frames:
+        heading, *body = frame.rstrip("\n").split("\n")
+        assert heading.startswith("Every 0.5s: meshctl status  ")
+        assert body == plain
+    assert "\x1b" not in out
+
+
+def test_meshctl_status_watch_default_interval(
+    serve: Any, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = serve(ok(HEALTHY_STATUS))
+    monkeypatch.setattr(time, "sleep", _Interrupt(after=1))
+    status, out, _ = run(capsys, server, "status", "--watch", "--json")
+    assert status == ExitStatus.OK
+    # JSON Lines: one compact document per line, no heading.
+    (line,) = out.splitlines()
+    assert json.loads(line) == {"v": 1, **HEALTHY_STATUS}
+    assert meshctl.build_parser().parse_args(["status", "--watch"]).watch == 2.0
+
+
+@pytest.mark.parametrize("value", ["0", "0.05", "-1", "x"])
+def test_meshctl_status_watch_bad_interval_is_usage_error(
+    capsys: pytest.CaptureFixture[str], value: str
+) -> None:
+    status, _, err = run(capsys, None, "status", "--watch", value)
+    assert status == ExitStatus.USAGE
+    assert "--watch" in err
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_meshctl_watch_clears_the_screen_only_on_a_terminal() -> None:
+    frame = meshctl.Rendered(["table"], [])
+    screen, pipe = _Terminal(), io.StringIO()
+    for out in (screen, pipe):
+        status = meshctl.watch(
+            lambda: frame, interval=1, out=out, err=io.StringIO(), sleep=_Interrupt(after=2)
+        )
+        assert status == ExitStatus.OK
+    assert screen.getvalue().count(meshctl._CLEAR_SCREEN) == 2
+    assert screen.getvalue().startswith(meshctl._CLEAR_SCREEN + "Every 1s: meshctl status  ")
+    assert "\x1b" not in pipe.getvalue()
+    lines = pipe.getvalue().splitlines()
+    assert [line for line in lines if not line.startswith("Every 1s:")] == ["table", "", "table"]
+    json_screen = _Terminal()
+    meshctl.watch(
+        lambda: meshctl.Rendered(["{}"], []),
+        interval=1,
+        json_lines=True,
+        out=json_screen,
+        err=io.StringIO(),
+        sleep=_Interrupt(after=2),
+    )
+    assert json_screen.getvalue() == "{}\n{}\n"
+
+
+def test_meshctl_watch_keeps_a_steady_pace() -> None:
+    now = [100.0]
+    durations = iter([0.3, 2.5, 0.1])  # the second answer takes longer than the interval
+
+    def snapshot() -> meshctl.Rendered:
+        now[0] += next(durations)
+        return meshctl.Rendered([], [])
+
+    sleep = _Interrupt(after=3)
+
+    def sleeping(seconds: float) -> None:
+        now[0] += seconds
+        sleep(seconds)
+
+    meshctl.watch(
+        snapshot,
+        interval=2,
+        out=io.StringIO(),
+        err=io.StringIO(),
+        sleep=sleeping,
+        clock=lambda: now[0],
+    )
+    # Starts at 100, 102, 104.5 (late: no burst to catch up), next due at 106.5.
+    assert sleep.delays == pytest.approx([1.7, 0.0, 1.9])
+
+
+def test_meshctl_watch_first_failure_exits_later_failures_are_retried(
+    short_dir: Path, serve: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = short_dir / "absent.sock"
+    status, out, err = run(capsys, None, "--socket", str(path), "status", "--watch")
+    assert (status, out) == (ExitStatus.UNAVAILABLE, "")
+    assert "no socket there" in err
+
+    answers = iter([ok(HEALTHY_STATUS), error(control.FAILED, "restarting"), ok(HEALTHY_STATUS)])
+    server = serve(lambda request: next(answers)(request))
+    prefix = ["--socket", str(server.path), "--timeout", "5"]
+    ns = meshctl.build_parser().parse_args([*prefix, "status", "--watch"])
+    choice = meshctl.SocketChoice(server.path, "--socket")
+    out_stream, err_stream = io.StringIO(), io.StringIO()
+    status = meshctl.watch(
+        lambda: meshctl._fetch(ns, choice, "status", {}),
+        interval=1,
+        out=out_stream,
+        err=err_stream,
+        sleep=_Interrupt(after=3),
+    )
+    assert status == ExitStatus.OK
+    assert err_stream.getvalue() == "meshctl: status failed: restarting\n"
+    assert out_stream.getvalue().count("Mesh: prod") == 2
+    assert len(server.requests) == 3
+
+
+# ---------------------------------------------------------------------------
+# metrics
+
+
+METRICS_TEXT = (
+    "# HELP meshd_members Members by state.\n"
+    "# TYPE meshd_members gauge\n"
+    'meshd_members{state="alive"} 3.0\n'
+    "# HELP meshd_build_info Build information.\n"
+    "# TYPE meshd_build_info gauge\n"
+    'meshd_build_info{python="3.11.7",version="0.1.0"} 1.0\n'
+)
+
+
+def test_meshctl_metrics_prints_the_text_verbatim(
+    serve: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = serve(ok({"text": METRICS_TEXT}))
+    status, out, err = run(capsys, server, "metrics")
+    assert (status, out, err) == (ExitStatus.OK, METRICS_TEXT, "")
+    assert server.requests == [{"v": 1, "id": 1, "cmd": "metrics", "args": {}}]
+    status, out, _ = run(capsys, server, "metrics", "--json")
+    assert json.loads(out) == {"v": 1, "text": METRICS_TEXT}
+
+
+def test_meshctl_metrics_without_text_exits_1(
+    serve: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = serve(ok({"text": 42}))
+    status, out, err = run(capsys, server, "metrics")
+    assert (status, out) == (ExitStatus.ERROR, "")
+    assert "metrics answer lacks or mistypes" in err
+
+
+# ---------------------------------------------------------------------------
+# Start-up cost: meshctl status must answer in <= 150 ms on a 30-member mesh,
+# interpreter start included, so its import path stays light.
+
+
+def test_meshctl_imports_no_heavy_modules() -> None:
+    heavy = [
+        "trio",
+        "prometheus_client",
+        "zeroconf",
+        "cryptography",
+        "msgpack",
+        "attrs",
+        "meshd.config",
+        "meshd.core",
+        "meshd.runtime",
+    ]
+    code = f"import sys, meshd.cli.meshctl\nprint([m for m in {heavy!r} if m in sys.modules])\n"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert proc.stdout.strip() == "[]"
 
 
 # ---------------------------------------------------------------------------
@@ -379,12 +784,16 @@ def test_meshctl_long_names_keep_columns_aligned(
     counts = {"alive": 4, "suspect": 0, "dead": 0, "left": 0}
     server = serve(ok({**STATUS, "members": members, "counts": counts}))
     _, out, _ = run(capsys, server, "status")
-    table = out.splitlines()[3:8]
-    # "Address" starts at the same terminal column on every line.
+    table = out.splitlines()[4:9]
+    assert table[0].startswith("--  Name")
+    # "Address" starts at the same terminal column on every line, and so
+    # does every column after it (here "Via": "--" for every member).
     starts = {width(line.split("10.0.0.")[0]) for line in table[1:]}
     assert starts == {width(table[0].split("Address")[0])}
     assert len(starts) == 1
     assert starts.pop() == 4 + 120 + 2
+    via = {width(line.rsplit("gossip", 1)[0]) for line in table[1:]}
+    assert via == {width(table[0].split("Via")[0])}
     _, out, _ = run(capsys, server, "members")
     assert len({width(line.split("10.0.0.")[0]) for line in out.splitlines()}) == 1
 
@@ -899,6 +1308,31 @@ def test_meshctl_resolve_socket_order(tmp_path: Path) -> None:
         "default",
         (control.SYSTEM_SOCKET,),
     )
+
+
+def test_meshctl_default_socket_in_a_directory_we_may_not_enter(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # /run/meshd is 0750 meshd:meshd: for a user outside group meshd,
+    # Path.exists() on the socket raises PermissionError. That must end as
+    # exit 77 with the group hint, not as a traceback.
+    def denied(*, cwd: Path | None = None) -> Path:
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(control, "default_socket_path", denied)
+    choice = meshctl.resolve_socket(socket_flag=None, config_flag=None, environ={})
+    assert choice.path == control.SYSTEM_SOCKET
+    real_connect = socket.socket.connect
+
+    def connect(self: socket.socket, address: Any) -> None:
+        if address == str(control.SYSTEM_SOCKET):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    status, _, err = run(capsys, None, "status")
+    assert status == ExitStatus.NOPERM
+    assert "usermod -aG meshd" in err
 
 
 def test_meshctl_config_flag_uses_meshd_config(

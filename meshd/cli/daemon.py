@@ -38,6 +38,11 @@ Set up and run a node:
   meshd keygen                       print a new cluster secret
   meshd check-config FILE            validate a config file, its secret and ports
 
+Install as a systemd service (docs/install.md):
+
+  meshd --print-sysusers > /etc/sysusers.d/meshd.conf && systemd-sysusers
+  meshd --print-unit > /etc/systemd/system/meshd.service
+
 To watch the protocol at work:
 
   meshd demo                         5 real daemons on 127.0.0.1: kill one, see it
@@ -235,6 +240,51 @@ _CHECK_EPILOG = f"""exit status:
 """
 
 
+#: Top-level options that print a file shipped in the package, for pip installs
+#: (meshd/data/__init__.py): (option, bundled file, help).
+_BUNDLED = (
+    (
+        "--print-unit",
+        "meshd.service",
+        "print the systemd unit and exit (meshd --print-unit > /etc/systemd/system/meshd.service)",
+    ),
+    (
+        "--print-sysusers",
+        "meshd.sysusers.conf",
+        "print the sysusers.d entry for the meshd user and exit "
+        "(meshd --print-sysusers > /etc/sysusers.d/meshd.conf)",
+    ),
+    (
+        "--print-example-config",
+        "meshd.example.toml",
+        "print the example configuration, every key with its default, and exit",
+    ),
+)
+
+
+class _PrintBundled(argparse.Action):
+    """An option like ``--version``: print a bundled file verbatim, then exit 0."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, *, filename: str, help: str):
+        super().__init__(
+            option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help
+        )
+        self.filename = filename
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        from meshd.data import read_text
+
+        sys.stdout.write(read_text(self.filename))
+        sys.stdout.flush()
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``meshd`` argument parser; each subcommand sets ``handler``."""
     parser = argparse.ArgumentParser(
@@ -245,6 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     parser.add_argument("--version", action="version", version=f"meshd {__version__}")
+    for option, filename, help_text in _BUNDLED:
+        parser.add_argument(option, action=_PrintBundled, filename=filename, help=help_text)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     _add_config_commands(commands)
     demo = commands.add_parser(

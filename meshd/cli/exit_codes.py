@@ -22,7 +22,8 @@ class ExitStatus(enum.IntEnum):
     ERROR = 1
     #: Bad command line (argparse's own exit status).
     USAGE = 2
-    #: A health check found a member that is not alive, or this node is degraded.
+    #: ``meshctl status --check`` found something unhealthy: a member suspect or
+    #: dead, a possible split, a local health score above 0, mDNS failed.
     UNHEALTHY = 3
     #: The daemon is unreachable: control socket missing or connection refused.
     UNAVAILABLE = 69

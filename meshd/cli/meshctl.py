@@ -7,8 +7,10 @@ imports neither trio nor the protocol core; ``meshd.config`` is imported
 only when ``--config`` is given.
 
 Data goes to stdout (a table, ``key: value`` lines, or with ``--json`` one
-JSON document ``{"v": 1, ...}``); diagnostics and what to do about them go
-to stderr. The exit statuses are :class:`~meshd.cli.exit_codes.ExitStatus`.
+JSON document ``{"v": 1, ...}``; ``status --watch --json`` prints one per
+line); diagnostics and what to do about them go to stderr. The exit
+statuses are :class:`~meshd.cli.exit_codes.ExitStatus`; ``status --check``
+exits 3 when something is unhealthy.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import importlib
 import json
 import math
 import os
+import re
 import socket
 import sys
 import time
@@ -43,8 +46,12 @@ __all__ = [
     "connect_failure",
     "main",
     "parse_key",
+    "render_metrics",
+    "render_status",
     "resolve_socket",
     "run",
+    "unhealthy",
+    "watch",
 ]
 
 #: Seconds to wait for the daemon's answer unless ``--timeout`` says otherwise.
@@ -68,6 +75,9 @@ meshctl inspects and controls the meshd daemon on this host through its
 local control socket.
 
   meshctl status              the mesh as this node sees it, with a summary
+  meshctl status --check      the same; exit 3 when anything is unhealthy
+  meshctl status --watch      redraw every 2 s until Ctrl-C
+  meshctl metrics             Prometheus metrics of this node
   meshctl members --json      every member, for scripts
   meshctl join 10.0.0.2:7946  contact another node and merge memberships
   meshctl keys list           gossip keys installed across the mesh
@@ -82,11 +92,39 @@ exit status:
   {ExitStatus.OK:<4d} success
   {ExitStatus.ERROR:<4d} the request failed, timed out, or a filter matched nothing
   {ExitStatus.USAGE:<4d} bad command line (or a malformed KEY)
+  {ExitStatus.UNHEALTHY:<4d} status --check: something is unhealthy (stderr says what)
   {ExitStatus.UNAVAILABLE:<4d} meshd is not reachable: no socket, or nobody listening on it
   {ExitStatus.NOPERM:<4d} permission denied on the socket (join group meshd)
   {ExitStatus.CONFIG:<4d} the --config file could not be read
   {ExitStatus.INTERRUPTED:<4d} interrupted (Ctrl-C)
 """
+
+_STATUS_EPILOG = f"""\
+--check counts as unhealthy: a member suspect or dead (left is fine), a
+possible split of the mesh, a local health score above 0, mDNS discovery
+failed, under-replicated key ranges (once meshd reports them). It prints
+the usual output (or --json) and, when unhealthy, one line on stderr saying
+why.
+
+exit status:
+  {ExitStatus.OK:<4d} success (with --check: healthy)
+  {ExitStatus.ERROR:<4d} the request failed or timed out
+  {ExitStatus.UNHEALTHY:<4d} --check: something is unhealthy
+  {ExitStatus.UNAVAILABLE:<4d} meshd is not reachable
+  {ExitStatus.NOPERM:<4d} permission denied on the socket (join group meshd)
+  {ExitStatus.CONFIG:<4d} the --config file could not be read
+
+--watch stops with Ctrl-C and then exits 0; if the first request fails it
+exits at once with that failure's status, later failures are shown and
+retried.
+"""
+
+#: Seconds between ``status --watch`` snapshots when SECS is not given.
+DEFAULT_WATCH = 2.0
+#: Shortest ``--watch`` interval accepted.
+MIN_WATCH = 0.1
+#: ANSI: cursor home, clear screen (``status --watch`` on a terminal).
+_CLEAR_SCREEN = "\x1b[H\x1b[2J"
 
 _STATUS_LETTERS = {"alive": "A", "suspect": "S", "dead": "D", "left": "L"}
 #: How many names a warning lists before it says "and N more".
@@ -179,7 +217,13 @@ def resolve_socket(
             # ConfigError messages start with the file's path and say what to do.
             raise CommandFailed(ExitStatus.CONFIG, f"--config: {exc}") from None
         return SocketChoice(Path(config.control.socket), f"--config {config_flag}")
-    path = control.default_socket_path(cwd=cwd)
+    try:
+        path = control.default_socket_path(cwd=cwd)
+    except PermissionError:
+        # /run/meshd is 0750 meshd:meshd: outside group meshd one cannot even
+        # tell whether the socket exists. Connecting to it says so (exit 77,
+        # "add yourself to group meshd") instead of a traceback.
+        path = control.SYSTEM_SOCKET
     also = () if path == control.SYSTEM_SOCKET else (control.SYSTEM_SOCKET,)
     return SocketChoice(path, "default", also)
 
@@ -344,41 +388,164 @@ def _duration(seconds: float) -> str:
     return " ".join(parts)
 
 
+def _natural(name: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that puts ``node-2`` before ``node-10`` (digit runs compare as numbers)."""
+    parts = re.split(r"(\d+)", name)
+    return tuple((1, int(p)) if i % 2 else (0, p) for i, p in enumerate(parts))
+
+
 def _by_name(members: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return sorted(members, key=lambda m: str(m["name"]))
+    return sorted(members, key=lambda m: _natural(str(m["name"])))
+
+
+# The status table. Columns a daemon does not report yet (load, owns and
+# plugins arrive with the KV store and the plugins; health is known for this
+# node only) show "--": meshctl never makes a number up.
+
+_STATUS_LEGEND = (
+    "Status=Alive/Suspect/Dead/Left  Inc=incarnation  Health=local health score, 0 is best",
+    "Load=data stored  Owns=share of the keys  Via=how this node found the member  --=not known",
+)
+_STATUS_HEADER = (
+    "--",
+    "Name",
+    "Address",
+    "Load",
+    "Owns",
+    "Inc",
+    "Health",
+    "Plugins",
+    "Via",
+    "Tags",
+)
+_BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
+
+
+def _size(value: object) -> str:
+    """Bytes as ``512 B``, ``1.5 KiB``, ``12.0 MiB`` (binary units, like ``du -h``)."""
+    size = float(_number(value))
+    if size < 1024:
+        return f"{int(size)} B"
+    unit = 0
+    while size >= 1024 and unit < len(_BYTE_UNITS) - 1:
+        size /= 1024
+        unit += 1
+    return f"{size:.1f} {_BYTE_UNITS[unit]}"
+
+
+def _number(value: object) -> int | float:
+    """``value`` if it is a JSON number (not a bool), else ``TypeError``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"a number, not {value!r}")
+    return value
+
+
+def _count(value: object) -> int:
+    """A count from the daemon: an integer, or a list/object counted by its length."""
+    if isinstance(value, list | dict):
+        return len(value)
+    return int(_number(value))
+
+
+def _optional(member: Mapping[str, Any], key: str, show: Callable[[Any], str]) -> str:
+    value = member.get(key)
+    return "--" if value is None else show(value)
+
+
+def _plugins(names: object) -> str:
+    if not isinstance(names, list):
+        raise TypeError(f"plugins must be a list, not {names!r}")
+    return ",".join(map(str, names)) or "--"
+
+
+def _member_row(member: Mapping[str, Any], local_health: object) -> tuple[object, ...]:
+    health = member.get("health", local_health)
+    return (
+        _STATUS_LETTERS.get(member["status"], "?"),
+        member["name"],
+        member["addr"],
+        _optional(member, "load", _size),
+        _optional(member, "owns", lambda owns: f"{100 * _number(owns):.1f}%"),
+        int(member["incarnation"]),
+        "--" if health is None else int(_number(health)),
+        _optional(member, "plugins", _plugins),
+        member.get("via") or "--",
+        _tags(member["tags"]) or "--",
+    )
+
+
+#: Footer fields that arrive with the KV store: (key in the answer, label).
+_DATA_FOOTER = (
+    ("under_replicated", "Under-replicated ranges"),
+    ("hints_pending", "Hints pending"),
+    ("handoffs", "Handoffs"),
+)
+
+
+def unhealthy(result: Mapping[str, Any]) -> list[str]:
+    """What makes ``status --check`` exit 3, one short phrase each; empty when healthy.
+
+    Unhealthy is: a member suspect or dead (left is a graceful exit), a
+    suspected split, a local health score above 0, mDNS failed to start, or
+    under-replicated key ranges (when the daemon reports them).
+
+    Args:
+        result: the daemon's ``status`` answer.
+    """
+    reasons = []
+    for status in ("suspect", "dead"):
+        count = sum(1 for m in result["members"] if m["status"] == status)
+        if count:
+            reasons.append(f"{count} member(s) {status}")
+    if result.get("split"):
+        reasons.append("the mesh may be split")
+    health = int(_number(result["health"]))
+    if health > 0:
+        reasons.append(f"local health score {health}")
+    if result.get("mdns") == "failed":
+        reasons.append("mDNS discovery failed")
+    if result.get("under_replicated") is not None:
+        ranges = _count(result["under_replicated"])
+        if ranges:
+            reasons.append(f"{ranges} under-replicated range(s)")
+    return reasons
 
 
 def render_status(result: Mapping[str, Any]) -> Rendered:
-    """``meshctl status`` as text: nodetool-style header, legend, table, footer, advice."""
+    """``meshctl status`` as text: header, legend, one row per member, footer, advice.
+
+    The layout follows ``nodetool status`` and ``riak-admin member-status``
+    (ECOSYSTEM.md §2.1). Column widths follow the widest cell, so long names
+    widen a column instead of breaking the table.
+    """
     members = _by_name(result["members"])
     counts = result["counts"]
     key = result["key_fingerprint"] or "none"
     header = printable(
         f"Mesh: {result['cluster']}  self={result['self']}  members={len(members)}  key={key}"
     )
-    rows: list[Sequence[object]] = [("--", "Name", "Address", "Inc", "Via", "Tags")]
+    rows: list[Sequence[object]] = [_STATUS_HEADER]
     for m in members:
-        letter = _STATUS_LETTERS.get(m["status"], "?")
-        rows.append(
-            (
-                letter,
-                m["name"],
-                m["addr"],
-                int(m["incarnation"]),
-                m.get("via") or "--",
-                _tags(m["tags"]) or "--",
-            )
-        )
-    out = [
-        header,
-        "=" * width(header),
-        "Status=Alive/Suspect/Dead/Left  Via=how this node found the member",
-        *columns(rows),
-    ]
+        rows.append(_member_row(m, result["health"] if m["name"] == result["self"] else None))
+    out = [header, "=" * width(header), *_STATUS_LEGEND, *columns(rows)]
     out.append(
         f"Alive:{int(counts['alive'])} / Suspect:{int(counts['suspect'])} / "
         f"Dead:{int(counts['dead'])} / Left:{int(counts['left'])}"
     )
+    data = [
+        f"{label}:{_count(result[key])}"
+        for key, label in _DATA_FOOTER
+        if result.get(key) is not None
+    ]
+    if data:
+        out.append(" / ".join(data))
+    out += _status_warnings(result, members)
+    return Rendered(out, [])
+
+
+def _status_warnings(result: Mapping[str, Any], members: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The warnings under the status table, each followed by what to do about it."""
+    out = []
     split = result.get("split")
     if split:
         failed = [{"name": n, "status": "dead"} for n in split["failed"]]
@@ -400,13 +567,27 @@ def render_status(result: Mapping[str, Any]) -> Rendered:
             "  check `systemctl status meshd` on those hosts, and that their address is "
             "reachable from here over UDP and TCP (firewall, routing)"
         )
-    health = int(result["health"])
+    if result.get("mdns") == "failed":
+        out.append("WARNING: mDNS discovery failed to start: this node finds no peers on the LAN")
+        out.append(
+            "  `meshctl info` shows the error; check [discovery] interfaces and that UDP port "
+            "5353 to 224.0.0.251 is allowed; seeds and the snapshot still work"
+        )
+    if result.get("under_replicated") is not None:
+        ranges = _count(result["under_replicated"])
+        if ranges:
+            out.append(f"WARNING: {ranges} key range(s) have fewer copies than configured")
+            out.append(
+                "  a further failure may make keys in them unavailable; "
+                "bring back the members that are not alive"
+            )
+    health = int(_number(result["health"]))
     if health > 0:
         out.append(
             f"Note: local health score {health} (0 is healthy): this node is missing acks, "
             "so it may be overloaded or losing packets; it probes more slowly until that clears"
         )
-    return Rendered(out, [])
+    return out
 
 
 def render_members(result: Mapping[str, Any]) -> Rendered:
@@ -513,9 +694,21 @@ def render_leave(result: Mapping[str, Any]) -> Rendered:
     return Rendered(["left the mesh; meshd is shutting down"], [])
 
 
-def _json_document(result: Mapping[str, Any]) -> str:
+def render_metrics(result: Mapping[str, Any]) -> Rendered:
+    """``meshctl metrics``: the Prometheus text exposition, verbatim."""
+    text = result["text"]
+    if not isinstance(text, str):
+        raise TypeError(f"'text' must be a string, not {type(text).__name__}")
+    # print() adds the final newline back: the output is the text as served.
+    return Rendered([text.removesuffix("\n")], [])
+
+
+def _json_document(result: Mapping[str, Any], *, compact: bool = False) -> str:
+    """``{"v": 1, ...the daemon's answer}``; compact is one line (JSON Lines)."""
     document: dict[str, Any] = {"v": control.PROTOCOL_VERSION}
     document.update((k, v) for k, v in result.items() if k != "v")
+    if compact:
+        return json.dumps(document, ensure_ascii=True, separators=(",", ":"))
     return json.dumps(document, indent=2, ensure_ascii=True)
 
 
@@ -565,6 +758,17 @@ def _request(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 
 
 def _render(ns: argparse.Namespace, result: Mapping[str, Any]) -> Rendered:
+    """The output for ``result``, as text or JSON per ``--json``; ``--check`` sets the status."""
+    rendered = _render_output(ns, result)
+    if ns.command == "status" and ns.check:
+        reasons = unhealthy(result)
+        if reasons:
+            message = printable(f"unhealthy: {'; '.join(reasons)}")
+            return Rendered(rendered.out, [*rendered.err, message], ExitStatus.UNHEALTHY)
+    return rendered
+
+
+def _render_output(ns: argparse.Namespace, result: Mapping[str, Any]) -> Rendered:
     """The output for ``result``, as text or JSON per ``--json``."""
     if ns.command == "members" and ns.status:
         wanted = set(ns.status)
@@ -574,9 +778,13 @@ def _render(ns: argparse.Namespace, result: Mapping[str, Any]) -> Rendered:
             out = [_json_document(result)] if getattr(ns, "json", False) else []
             return Rendered(out, [nothing], ExitStatus.ERROR)
     if getattr(ns, "json", False):
-        return Rendered([_json_document(result)], [])
+        # Under --watch: JSON Lines, one snapshot per line.
+        compact = getattr(ns, "watch", None) is not None
+        return Rendered([_json_document(result, compact=compact)], [])
     if ns.command == "status":
         return render_status(result)
+    if ns.command == "metrics":
+        return render_metrics(result)
     if ns.command == "members":
         return render_members(result)
     if ns.command == "info":
@@ -599,6 +807,13 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
+def _watch_seconds(text: str) -> float:
+    value = _positive_seconds(text)
+    if value < MIN_WATCH:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_WATCH:g} seconds: {text!r}")
     return value
 
 
@@ -640,10 +855,15 @@ def _add_connection_flags(parser: argparse.ArgumentParser, *, top: bool) -> None
 
 
 def _subparser(
-    commands: Any, name: str, help_text: str, *, json_flag: bool = False
+    commands: Any, name: str, help_text: str, *, json_flag: bool = False, epilog: str | None = None
 ) -> argparse.ArgumentParser:
     parser: argparse.ArgumentParser = commands.add_parser(
-        name, help=help_text, description=help_text, allow_abbrev=False
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
     )
     if json_flag:
         parser.add_argument(
@@ -667,7 +887,29 @@ def build_parser() -> argparse.ArgumentParser:
     _add_connection_flags(parser, top=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
-    _subparser(commands, "status", "the mesh as this node sees it, with a summary", json_flag=True)
+    status = _subparser(
+        commands,
+        "status",
+        "the mesh as this node sees it, with a summary",
+        json_flag=True,
+        epilog=_STATUS_EPILOG,
+    )
+    mode = status.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--watch",
+        nargs="?",
+        const=DEFAULT_WATCH,
+        type=_watch_seconds,
+        metavar="SECS",
+        help=f"redraw every SECS seconds (default {DEFAULT_WATCH:g}) until Ctrl-C; "
+        "with --json, one JSON document per line",
+    )
+    mode.add_argument(
+        "--check",
+        action="store_true",
+        help=f"exit {int(ExitStatus.UNHEALTHY)} when anything is unhealthy (see below), "
+        "0 when all is well; the output is printed as usual",
+    )
     members = _subparser(
         commands, "members", "list members (name, address, status, tags)", json_flag=True
     )
@@ -678,6 +920,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="only members with this status (repeat for several); none matching exits 1",
     )
     _subparser(commands, "info", "this node: version, uptime, keys, counters", json_flag=True)
+    _subparser(
+        commands,
+        "metrics",
+        "this node's Prometheus metrics, the text /metrics serves",
+        json_flag=True,
+    )
     join = _subparser(commands, "join", "contact other nodes and merge their membership")
     join.add_argument("addresses", nargs="+", metavar="ADDR", help="host:port of a mesh node")
     _subparser(commands, "leave", "leave the mesh gracefully; meshd then exits")
@@ -697,6 +945,93 @@ def build_parser() -> argparse.ArgumentParser:
             "key", metavar="KEY", help="base64 of 32 bytes (meshd keygen), or - for stdin"
         )
     return parser
+
+
+def _fetch(
+    ns: argparse.Namespace, choice: SocketChoice, cmd: str, args: dict[str, Any]
+) -> Rendered:
+    """One request and its rendering; a malformed answer is a :class:`CommandFailed`."""
+    result = call(choice, cmd, args, timeout=ns.timeout)
+    try:
+        return _render(ns, result)
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise CommandFailed(
+            ExitStatus.ERROR,
+            f"meshd's {cmd} answer lacks or mistypes {exc}; "
+            "are meshd and meshctl the same version? (--json shows the raw answer)",
+        ) from None
+
+
+def watch(
+    snapshot: Callable[[], Rendered],
+    *,
+    interval: float,
+    json_lines: bool = False,
+    out: Any = None,
+    err: Any = None,
+    sleep: Callable[[float], None] | None = None,
+    clock: Callable[[], float] | None = None,
+) -> int:
+    """``status --watch``: print ``snapshot()`` every ``interval`` seconds until Ctrl-C.
+
+    On a terminal each text snapshot replaces the last (the screen is
+    cleared); otherwise, and always with JSON Lines, snapshots follow each
+    other so that a log or a pipe keeps them all. Snapshots start every
+    ``interval`` seconds, not ``interval`` after the last one ended; a slow
+    answer delays the next one instead of causing a burst.
+
+    Args:
+        snapshot: one request, rendered; raises :class:`CommandFailed`.
+        interval: seconds between the starts of two snapshots.
+        json_lines: the snapshots are JSON documents, one per line: no
+            clearing and no heading.
+        out: stream for the output (default ``sys.stdout``).
+        err: stream for the diagnostics (default ``sys.stderr``).
+        sleep: default ``time.sleep`` (looked up at call time, for tests).
+        clock: default ``time.monotonic``.
+
+    Returns:
+        ``ExitStatus.OK`` after Ctrl-C.
+
+    Raises:
+        CommandFailed: the first snapshot failed (a wrong socket should not
+            leave the operator watching an error). Later failures are shown
+            and retried: the daemon may just be restarting.
+    """
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
+    sleep = time.sleep if sleep is None else sleep
+    clock = time.monotonic if clock is None else clock
+    clear = not json_lines and out.isatty()
+    first = True
+    next_at = clock()
+    try:
+        while True:
+            try:
+                rendered = snapshot()
+            except CommandFailed as fail:
+                if first:
+                    raise
+                rendered = Rendered([], fail.message.splitlines(), fail.status)
+            if not json_lines:
+                if clear:
+                    out.write(_CLEAR_SCREEN)
+                elif not first:
+                    out.write("\n")
+                out.write(f"Every {interval:g}s: meshctl status  {time.strftime('%F %T')}\n")
+            first = False
+            _print(rendered.out, out)
+            out.flush()
+            _print(rendered.err, err, "meshctl: ")
+            next_at += interval
+            now = clock()
+            if next_at < now:
+                next_at = now
+            sleep(next_at - now)
+    except KeyboardInterrupt:
+        if err.isatty():
+            err.write("\n")  # the shell's prompt goes below the ^C
+        return ExitStatus.OK
 
 
 def _status_of(exc: SystemExit) -> int:
@@ -732,15 +1067,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return ExitStatus.USAGE
         cmd, request_args = _request(ns)
         choice = resolve_socket(socket_flag=ns.socket, config_flag=ns.config, environ=os.environ)
-        result = call(choice, cmd, request_args, timeout=ns.timeout)
-        try:
-            rendered = _render(ns, result)
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CommandFailed(
-                ExitStatus.ERROR,
-                f"meshd's {cmd} answer lacks or mistypes {exc}; "
-                "are meshd and meshctl the same version? (--json shows the raw answer)",
-            ) from None
+
+        def snapshot() -> Rendered:
+            return _fetch(ns, choice, cmd, request_args)
+
+        if getattr(ns, "watch", None) is not None:
+            return watch(snapshot, interval=ns.watch, json_lines=ns.json)
+        rendered = snapshot()
         _print(rendered.out, sys.stdout)
         _print(rendered.err, sys.stderr, "meshctl: ")
         return rendered.status

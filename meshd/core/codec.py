@@ -33,7 +33,8 @@
 #   fields of a known message are ignored (new fields are only ever appended).
 #   A stream frame carries exactly one message, so there an unknown type is an
 #   error.
-# * Push-pull travels only on streams; inside a packet it is rejected.
+# * Push-pull, key_op(_result) and app_request/app_response travel only on
+#   streams; inside a packet they are rejected.
 #
 # Encoding trusts its input: messages are built by the core, not by peers.
 # Oversized results raise LocalProtocolError rather than reaching the wire.
@@ -53,6 +54,8 @@ import msgpack
 from meshd.core.messages import (
     Ack,
     Alive,
+    AppRequest,
+    AppResponse,
     Dead,
     KeyOp,
     KeyOpResult,
@@ -81,6 +84,7 @@ __all__ = [
     "META_MAX",
     "NODE_ID_MAX",
     "PACKET_MAX",
+    "SERVICE_MAX",
     "STREAM_MAX",
     "WIRE_VERSION",
     "compound_header_size",
@@ -121,6 +125,8 @@ HOST_MAX = 255
 META_MAX = 1024
 #: A push-pull carries at most MEMBERS_MAX member entries.
 MEMBERS_MAX = 1_048_576
+#: An app_request's service name is 1..SERVICE_MAX bytes of UTF-8.
+SERVICE_MAX = 64
 
 _U64_MAX = 2**64 - 1
 _U8_MAX = 255
@@ -234,6 +240,14 @@ def _user_fields(m: UserMessage) -> list[object]:
     return [MessageType.USER, m.sender, m.payload]
 
 
+def _app_request_fields(m: AppRequest) -> list[object]:
+    return [MessageType.APP_REQUEST, m.request_id, m.service, m.body]
+
+
+def _app_response_fields(m: AppResponse) -> list[object]:
+    return [MessageType.APP_RESPONSE, m.request_id, m.ok, m.body, m.error]
+
+
 # Keyed by class. msgpack packs IntEnums (type numbers, member states) as
 # ints and address tuples as arrays.
 _ENCODERS: dict[type, Callable[..., list[object]]] = {
@@ -249,6 +263,8 @@ _ENCODERS: dict[type, Callable[..., list[object]]] = {
     UserMessage: _user_fields,
     KeyOp: _key_op_fields,
     KeyOpResult: _key_op_result_fields,
+    AppRequest: _app_request_fields,
+    AppResponse: _app_response_fields,
 }
 
 
@@ -613,6 +629,32 @@ def _decode_key_op_result(m: list[object], payload_max: int) -> KeyOpResult:
     return KeyOpResult(ok, error, tuple(raw))  # type: ignore[arg-type]
 
 
+def _decode_app_request(m: list[object], payload_max: int) -> AppRequest:
+    _arity(m, 4, "app_request")
+    service = m[2]
+    if type(service) is not str:
+        raise BadPacket(f"app_request.service: expected str, got {_kind(service)}")
+    # Up to 16 characters cannot exceed 64 UTF-8 bytes: skip the encode.
+    if not service or (
+        len(service) > SERVICE_MAX // 4 and len(service.encode()) > SERVICE_MAX
+    ):
+        raise BadPacket(f"app_request.service: must be 1..{SERVICE_MAX} UTF-8 bytes")
+    return AppRequest(
+        _u64(m[1], "app_request.request_id"), service, _bin(m[3], "app_request.body", payload_max)
+    )
+
+
+def _decode_app_response(m: list[object], payload_max: int) -> AppResponse:
+    _arity(m, 5, "app_response")
+    request_id = _u64(m[1], "app_response.request_id")
+    ok = _bool(m[2], "app_response.ok")
+    body = _bin(m[3], "app_response.body", payload_max)
+    error = m[4]
+    if type(error) is not str or len(error) > _ERROR_MAX:
+        raise BadPacket(f"app_response.error: expected str of at most {_ERROR_MAX} characters")
+    return AppResponse(request_id, ok, body, error)
+
+
 _Decoder = Callable[[list[object], int], Message]
 
 # Keyed by plain ints, not MessageType members, so a lookup with a decoded
@@ -632,11 +674,19 @@ _STREAM_DECODERS: dict[int, _Decoder] = {
         (MessageType.USER, _decode_user),
         (MessageType.KEY_OP, _decode_key_op),
         (MessageType.KEY_OP_RESULT, _decode_key_op_result),
+        (MessageType.APP_REQUEST, _decode_app_request),
+        (MessageType.APP_RESPONSE, _decode_app_response),
     )
 }
-# Push-pull and keyring operations travel only on (mutually authenticated)
-# streams; in a datagram they are rejected.
-_STREAM_ONLY = (MessageType.PUSH_PULL, MessageType.KEY_OP, MessageType.KEY_OP_RESULT)
+# Push-pull, keyring operations and application traffic travel only on
+# (mutually authenticated) streams; in a datagram they are rejected.
+_STREAM_ONLY = (
+    MessageType.PUSH_PULL,
+    MessageType.KEY_OP,
+    MessageType.KEY_OP_RESULT,
+    MessageType.APP_REQUEST,
+    MessageType.APP_RESPONSE,
+)
 _PACKET_DECODERS = {t: d for t, d in _STREAM_DECODERS.items() if t not in _STREAM_ONLY}
 
 

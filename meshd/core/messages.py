@@ -20,6 +20,8 @@ from meshd.core.types import Address, MemberState, NodeId, ProtocolRange
 __all__ = [
     "Ack",
     "Alive",
+    "AppRequest",
+    "AppResponse",
     "Dead",
     "KeyOp",
     "KeyOpResult",
@@ -51,6 +53,8 @@ class MessageType(enum.IntEnum):
     USER = 10
     KEY_OP = 11
     KEY_OP_RESULT = 12
+    APP_REQUEST = 13
+    APP_RESPONSE = 14
 
 
 @attrs.frozen
@@ -185,6 +189,35 @@ class KeyOpResult:
     fingerprints: tuple[str, ...] = ()
 
 
+@attrs.frozen
+class AppRequest:
+    """One request of application traffic (stream only, mutual TLS).
+
+    A connection whose first frame is an ``AppRequest`` becomes an RPC
+    *session* (SPEC.md §3): it stays open and carries any number of requests
+    and responses, matched by ``request_id``. ``service`` names the handler
+    on the receiving node (1..64 UTF-8 bytes); ``body`` is opaque to the mesh.
+    """
+
+    request_id: int
+    service: str
+    body: bytes = attrs.field(default=b"", repr=lambda b: f"<{len(b)} bytes>")
+
+
+@attrs.frozen
+class AppResponse:
+    """The answer to the :class:`AppRequest` with the same ``request_id``.
+
+    ``ok`` false means the service refused or failed; ``error`` (at most 256
+    characters, empty when ``ok``) says why and ``body`` is then empty.
+    """
+
+    request_id: int
+    ok: bool
+    body: bytes = attrs.field(default=b"", repr=lambda b: f"<{len(b)} bytes>")
+    error: str = ""
+
+
 Message = (
     Ping
     | PingReq
@@ -198,4 +231,6 @@ Message = (
     | UserMessage
     | KeyOp
     | KeyOpResult
+    | AppRequest
+    | AppResponse
 )

@@ -78,7 +78,7 @@ from meshd.core.inputs import (
     Tick,
 )
 from meshd.core.keyring import Keyring, fingerprint
-from meshd.core.messages import KeyOp, KeyOpResult, Ping, PushPull
+from meshd.core.messages import AppRequest, KeyOp, KeyOpResult, Ping, PushPull
 from meshd.core.node import STREAM_REFUSED, NodeCore
 from meshd.core.split import SplitDetector
 from meshd.core.outputs import (
@@ -102,7 +102,7 @@ from meshd.core.outputs import (
 )
 from meshd.core.types import Address, Member, MemberState, NodeId
 from meshd.errors import BadPacket, ConfigError, MeshError
-from meshd.runtime import tls
+from meshd.runtime import rpc, tls
 from meshd.runtime.mdns import Mdns
 from meshd.runtime.sdnotify import Notifier
 from meshd.runtime.framing import FrameError, receive_frame, send_frame
@@ -311,6 +311,15 @@ class Daemon:
         self._joining: set[Address] = set()
         self._status_line = ""
         self._metrics: Any = None  # runtime.metrics.Metrics, imported only when served
+        # --- RPC (runtime/rpc.py; issues 5 and 6): application traffic in
+        # persistent sessions over the same mutual-TLS streams. Services
+        # register on rpc_server; calls go through self.call().
+        self.rpc_server = rpc.RpcServer(counters=self.counters)
+        self.rpc = rpc.RpcClient(
+            self._client_ctx,
+            connect_timeout=config.membership.tcp_timeout,
+            counters=self.counters,
+        )
 
     # ================================================================ life cycle
 
@@ -357,6 +366,7 @@ class Daemon:
                 await nursery.start(self._datagram_loop)
                 await nursery.start(self._sender)
                 await nursery.start(self._timer)
+                await nursery.start(self.rpc.run)  # --- RPC: the client's sessions
                 await nursery.start(self._serve_streams, listeners)
                 await nursery.start(self._serve_control, control_listener)
                 await nursery.start(self._write_snapshots)
@@ -705,21 +715,32 @@ class Daemon:
                 nursery.start_soon(self._handle_stream, tcp)
 
     async def _handle_stream(self, tcp: trio.SocketStream) -> None:
+        # --- RPC: set when the first frame opens a session (SPEC.md §3); the
+        # stream is then handed over instead of closed here.
+        session: tuple[trio.SSLStream[trio.SocketStream], str, AppRequest] | None = None
         async with self._stream_slots:
             try:
                 source = tcp.socket.getpeername()
                 with trio.fail_after(self.config.membership.tcp_timeout):
-                    async with trio.SSLStream(tcp, self._server_ctx, server_side=True) as stream:
+                    stream = trio.SSLStream(tcp, self._server_ctx, server_side=True)
+                    try:
                         await stream.do_handshake()
                         peer = tls.check_peer(stream, None)
                         data = await receive_frame(stream, codec.STREAM_MAX)
                         self.counters["stream_frames_received"] += 1
                         self.counters["stream_bytes_received"] += len(data) + 4
-                        reply = self._answer_stream(peer, data, (source[0], source[1]))
-                        if reply is not None:
-                            await send_frame(stream, reply)
-                            self.counters["stream_frames_sent"] += 1
-                            self.counters["stream_bytes_sent"] += len(reply) + 4
+                        first = rpc.session_request_untrusted(data)  # --- RPC
+                        if first is not None:
+                            session = (stream, peer, first)
+                        else:
+                            reply = self._answer_stream(peer, data, (source[0], source[1]))
+                            if reply is not None:
+                                await send_frame(stream, reply)
+                                self.counters["stream_frames_sent"] += 1
+                                self.counters["stream_bytes_sent"] += len(reply) + 4
+                    finally:
+                        if session is None:
+                            await stream.aclose()
             except tls.PeerMismatch as e:
                 self.counters["stream_identity_mismatch"] += 1
                 log.warning("refused stream: %s", e)
@@ -734,6 +755,11 @@ class Daemon:
             ) as e:
                 self.counters["streams_refused"] += 1
                 log.debug("inbound stream failed: %s", _describe(e))
+        if session is not None:
+            # --- RPC: sessions are long-lived, so they run outside the slot
+            # (RpcServer caps them itself) and outside the tcp_timeout deadline.
+            stream, peer, first = session
+            await self.rpc_server.serve_session(stream, NodeId(peer), first)
 
     def _answer_stream(self, peer: str, data: bytes, source: Address) -> bytes | None:
         """One inbound frame from an authenticated ``peer``: check, route, answer."""
@@ -756,6 +782,40 @@ class Daemon:
         conn_id = self._conn_ids
         self._feed(StreamReceived(conn_id, data, source))
         return self._replies.pop(conn_id, None)
+
+    # ================================================================ RPC
+
+    async def call(self, node_id: str, service: str, body: bytes, timeout: float) -> bytes:
+        """Call ``service`` on member ``node_id`` and return its answer (runtime/rpc.py).
+
+        The member must be alive in this node's view; its address comes from
+        the membership table. A call to this node itself runs the service
+        here, without the network.
+
+        Args:
+            node_id: the member to ask.
+            service: a service registered on its ``rpc_server``.
+            body: the request body (at most ``rpc.BODY_MAX`` bytes).
+            timeout: seconds for connecting (if needed) and the answer.
+
+        Returns:
+            The response body.
+
+        Raises:
+            rpc.RpcError: the service refused or failed (its message).
+            rpc.RpcUnavailable: no answer (``kind`` says why; ``"not_member"``
+                when ``node_id`` is not an alive member).
+        """
+        member = self.core.member(NodeId(node_id))
+        if member is None or member.state is not MemberState.ALIVE:
+            raise rpc.RpcUnavailable("not_member", f"{node_id!r} is not an alive member")
+        if member.node_id == self.node_id:
+            with trio.move_on_after(timeout):
+                return await self.rpc_server.call_local(self.node_id, service, body)
+            raise rpc.RpcUnavailable(
+                "timeout", f"timeout after {timeout:g} s calling {service!r} on this node"
+            )
+        return await self.rpc.call(member.node_id, member.address, service, body, timeout=timeout)
 
     # ================================================================ keys
 
@@ -1236,6 +1296,81 @@ class Daemon:
         if results[self.node_id].ok is False:
             raise _CommandFailed(results[self.node_id].error)
         return {"op": op, "fingerprint": fingerprint(key), "succeeded": succeeded, "failed": failed}
+
+    # --------------------------------------------------------------- benchmark aid
+
+    async def _cmd_bench_rpc(self, args: dict[str, Any]) -> dict[str, Any]:
+        """BENCHMARK AID (bench/rpc.py), not a product command.
+
+        Runs ``count`` calls of ``service`` (default ``_echo``) with a body of
+        ``size`` bytes to member ``node``, ``concurrency`` at a time, and
+        returns rates and latencies. ``mode`` ``session`` uses the persistent
+        sessions (:meth:`call`); ``oneshot`` opens a fresh TLS connection per
+        call (``rpc.call_once``), the baseline. Refused unless the daemon was
+        started with ``MESHD_BENCH=1`` in its environment.
+        """
+        if os.environ.get("MESHD_BENCH") != "1":
+            raise _CommandFailed("bench_rpc is a benchmark aid: start meshd with MESHD_BENCH=1")
+        node = str(args["node"])
+        count, concurrency = int(args["count"]), int(args.get("concurrency", 1))
+        size = int(args.get("size", 0))
+        service = str(args.get("service", rpc.ECHO_SERVICE))
+        mode = args.get("mode", "session")
+        timeout = float(args.get("timeout", 10.0))
+        if not (1 <= count <= 1_000_000 and 1 <= concurrency <= 1024 and 0 <= size <= 1 << 20):
+            raise ValueError("need 1 <= count <= 1e6, 1 <= concurrency <= 1024, size <= 1 MiB")
+        if mode not in ("session", "oneshot"):
+            raise ValueError("mode must be session or oneshot")
+        member = self.core.member(NodeId(node))
+        if member is None or member.state is not MemberState.ALIVE:
+            raise _CommandFailed(f"{node!r} is not an alive member")
+        body = bytes(size)
+        latencies: list[float] = []
+        errors: Counter[str] = Counter()
+        todo = iter(range(count))
+
+        async def one() -> None:
+            if mode == "session":
+                await self.call(node, service, body, timeout)
+            else:
+                await rpc.call_once(
+                    self._client_ctx, member.node_id, member.address, service, body, timeout=timeout
+                )
+
+        async def worker() -> None:
+            for _ in todo:
+                started = time.perf_counter()
+                try:
+                    await one()
+                except (rpc.RpcError, rpc.RpcUnavailable) as e:
+                    errors[str(e)[:120]] += 1
+                else:
+                    latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(worker)
+        elapsed = time.perf_counter() - started
+        latencies.sort()
+
+        def pct(q: float) -> float | None:
+            if not latencies:
+                return None
+            return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 4)
+
+        return {
+            "mode": mode,
+            "count": count,
+            "concurrency": concurrency,
+            "ok": len(latencies),
+            "errors": dict(errors),
+            "elapsed_s": round(elapsed, 6),
+            "per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else None,
+            "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99),
+            "mean_ms": round(1000 * sum(latencies) / len(latencies), 4) if latencies else None,
+        }
 
 
 class _CommandFailed(Exception):

@@ -164,9 +164,17 @@ class LocalCluster:
         return self.root / f"{name}.log"
 
     def start(
-        self, name: str, *, wait: bool = True, timeout: float = 20.0
+        self,
+        name: str,
+        *,
+        wait: bool = True,
+        timeout: float = 20.0,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start ``name``'s daemon; with ``wait``, return once its control socket answers."""
+        """Start ``name``'s daemon; with ``wait``, return once its control socket answers.
+
+        ``env`` adds variables to the daemon's environment (e.g. ``NOTIFY_SOCKET``).
+        """
         log = open(self.log_path(name), "ab")
         argv = [sys.executable, "-m", "meshd", "run", "--config", str(self.configs[name])]
         if self._launcher is not None:
@@ -176,6 +184,7 @@ class LocalCluster:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            env=None if env is None else {**os.environ, **env},
         )
         log.close()
         self.procs[name] = proc

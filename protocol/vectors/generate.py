@@ -28,9 +28,22 @@ import msgpack
 
 HERE = Path(__file__).parent
 
-PING, PING_REQ, ACK, NACK, SUSPECT, ALIVE, DEAD, LEAVE, PUSH_PULL, USER, KEY_OP, KEY_OP_RESULT = range(
-    1, 13
-)
+(
+    PING,
+    PING_REQ,
+    ACK,
+    NACK,
+    SUSPECT,
+    ALIVE,
+    DEAD,
+    LEAVE,
+    PUSH_PULL,
+    USER,
+    KEY_OP,
+    KEY_OP_RESULT,
+    APP_REQUEST,
+    APP_RESPONSE,
+) = range(1, 15)
 STATES = ["alive", "suspect", "dead", "left"]
 PACKET_MAX = 1400
 COMPOUND_BUDGET = 1348
@@ -165,6 +178,29 @@ def key_op_result(ok: bool, error: str, fps: list[str]) -> tuple[list[object], d
         "ok": ok,
         "error": error,
         "fingerprints": fps,
+    }
+
+
+def app_request(
+    request_id: int, service: str, body: bytes
+) -> tuple[list[object], dict[str, object]]:
+    return [APP_REQUEST, request_id, service, body], {
+        "type": "app_request",
+        "request_id": request_id,
+        "service": service,
+        "body": body.hex(),
+    }
+
+
+def app_response(
+    request_id: int, ok: bool, body: bytes, error: str
+) -> tuple[list[object], dict[str, object]]:
+    return [APP_RESPONSE, request_id, ok, body, error], {
+        "type": "app_response",
+        "request_id": request_id,
+        "ok": ok,
+        "body": body.hex(),
+        "error": error,
     }
 
 
@@ -313,6 +349,37 @@ def valid_vectors() -> list[dict[str, object]]:
             "stream user large payload",
             user("node-a", b"\x5a" * 4000),
             note="payloads above the packet budget are fine on streams",
+        ),
+        valid_stream(
+            "app_request",
+            app_request(1, "kv", b"\x93\x01\x02\x03"),
+            note="first request of a session: opens it (section 3)",
+        ),
+        valid_stream(
+            "app_request empty body",
+            app_request(0, "_echo", b""),
+            note="request id 0 is valid; an empty body is a bin of length 0",
+        ),
+        valid_stream(
+            "app_request boundaries",
+            app_request(2**64 - 1, "é" * 32, b"\x00" * 70000),
+            note="max uint64 request id, 64-byte service name (2-byte characters), "
+            "a body above 64 KiB (bin 32)",
+        ),
+        valid_stream(
+            "app_response ok",
+            app_response(1, True, b"value", ""),
+            note="the answer to request 1",
+        ),
+        valid_stream(
+            "app_response error",
+            app_response(7, False, b"", "unknown service 'kv'"),
+            note="a refusal: ok false, empty body, the reason",
+        ),
+        valid_stream(
+            "app_response error of 256 characters",
+            app_response(2**40, False, b"", "é" * 256),
+            note="error limit counts characters, not bytes",
         ),
     ]
 
@@ -467,6 +534,55 @@ def invalid_vectors() -> list[dict[str, str]]:
             "stream",
             stream([KEY_OP_RESULT, True, "", [1]]),
             "fingerprints are strings",
+        ),
+        (
+            "app_request in a packet",
+            "packet",
+            packet([APP_REQUEST, 1, "kv", b""]),
+            "stream only",
+        ),
+        (
+            "app_response in a packet",
+            "packet",
+            packet([APP_RESPONSE, 1, True, b"", ""]),
+            "stream only",
+        ),
+        ("app_request empty service", "stream", stream([APP_REQUEST, 1, "", b""]), "service"),
+        (
+            "app_request service of 65 bytes",
+            "stream",
+            stream([APP_REQUEST, 1, "s" * 65, b""]),
+            "service over 64 bytes",
+        ),
+        (
+            "app_request service of 66 UTF-8 bytes",
+            "stream",
+            stream([APP_REQUEST, 1, "é" * 33, b""]),
+            "33 characters but 66 bytes",
+        ),
+        ("app_request bin service", "stream", stream([APP_REQUEST, 1, b"kv", b""]), "str"),
+        ("app_request str body", "stream", stream([APP_REQUEST, 1, "kv", "x"]), "body is bin"),
+        ("app_request nil body", "stream", stream([APP_REQUEST, 1, "kv", None]), "body is bin"),
+        (
+            "app_request negative id",
+            "stream",
+            stream([APP_REQUEST, -1, "kv", b""]),
+            "request_id is uint64",
+        ),
+        ("app_request missing body", "stream", stream([APP_REQUEST, 1, "kv"]), "missing field"),
+        ("app_response ok int", "stream", stream([APP_RESPONSE, 1, 1, b"", ""]), "ok is bool"),
+        (
+            "app_response error too long",
+            "stream",
+            stream([APP_RESPONSE, 1, False, b"", "e" * 257]),
+            "error over 256 characters",
+        ),
+        ("app_response error nil", "stream", stream([APP_RESPONSE, 1, True, b"", None]), "str"),
+        (
+            "app_response missing error",
+            "stream",
+            stream([APP_RESPONSE, 1, True, b""]),
+            "missing field",
         ),
         (
             "push_pull after a ping in a packet",

@@ -36,6 +36,8 @@ from meshd.core.codec import (
 from meshd.core.messages import (
     Ack,
     Alive,
+    AppRequest,
+    AppResponse,
     Dead,
     KeyOp,
     KeyOpResult,
@@ -86,6 +88,8 @@ _CLASSES: dict[str, type] = {
     "user": UserMessage,
     "key_op": KeyOp,
     "key_op_result": KeyOpResult,
+    "app_request": AppRequest,
+    "app_response": AppResponse,
 }
 _NAMES = {cls: name for name, cls in _CLASSES.items()}
 
@@ -93,7 +97,7 @@ _NAMES = {cls: name for name, cls in _CLASSES.items()}
 def _value_from_json(field: str, value: Any) -> Any:
     if field in ("address", "target_address"):
         return (value["host"], value["port"])
-    if field in ("meta", "payload", "key"):
+    if field in ("meta", "payload", "key", "body"):
         return bytes.fromhex(value)
     if field == "fingerprints":
         return tuple(value)
@@ -119,7 +123,7 @@ def message_from_json(rendered: dict[str, Any]) -> Message:
 def _value_to_json(field: str, value: Any) -> Any:
     if field in ("address", "target_address"):
         return {"host": value[0], "port": value[1]}
-    if field in ("meta", "payload", "key"):
+    if field in ("meta", "payload", "key", "body"):
         return value.hex()
     if field == "fingerprints":
         return list(value)
@@ -219,6 +223,11 @@ ERROR_TEXTS = {
     "missing fields ping": "ping: expected 4 items, got 3",
     "oversized stream member meta": "push_pull.members[0].meta: 1025 bytes exceeds 1024",
     "user payload over budget in a packet": "user.payload: 1349 bytes exceeds 1348",
+    "app_request in a packet": "app_request: only allowed on streams",
+    "app_response in a packet": "app_response: only allowed on streams",
+    "app_request service of 66 UTF-8 bytes": "app_request.service: must be 1..64 UTF-8 bytes",
+    "app_request str body": "app_request.body: expected bin, got str",
+    "app_response error too long": "app_response.error: expected str of at most 256",
 }
 
 

@@ -30,6 +30,8 @@ from meshd.core.codec import (
 from meshd.core.messages import (
     Ack,
     Alive,
+    AppRequest,
+    AppResponse,
     Dead,
     Leave,
     Message,
@@ -109,8 +111,23 @@ MESSAGES: dict[str, st.SearchStrategy[Message]] = {
         members=st.none() | st.lists(node_states, max_size=8).map(tuple),
     ),
     "user": st.builds(UserMessage, sender=node_ids, payload=payloads),
+    "app_request": st.builds(
+        AppRequest,
+        request_id=u64,
+        service=st.text(min_size=1, max_size=16),
+        body=st.binary(max_size=2048),
+    ),
+    "app_response": st.builds(
+        AppResponse,
+        request_id=u64,
+        ok=st.booleans(),
+        body=st.binary(max_size=2048),
+        error=st.text(max_size=256),
+    ),
 }
-packet_messages = st.one_of([s for name, s in MESSAGES.items() if name != "push_pull"])
+#: Stream-only types (SPEC.md §2.2): never in a compound.
+STREAM_ONLY = ("push_pull", "app_request", "app_response")
+packet_messages = st.one_of([s for name, s in MESSAGES.items() if name not in STREAM_ONLY])
 
 
 def as_packet(encoded: list[bytes]) -> bytes:
@@ -129,8 +146,12 @@ def test_message_round_trip(kind: str, data: st.DataObject) -> None:
     msg = data.draw(MESSAGES[kind])
     assert decode_stream_untrusted(encode_stream(msg)) == msg
     encoded = encode_message(msg)
-    if kind != "push_pull" and compound_header_size(1) + len(encoded) <= COMPOUND_BUDGET:
-        assert decode_packet_untrusted(as_packet([encoded])) == [msg]
+    if compound_header_size(1) + len(encoded) <= COMPOUND_BUDGET:
+        if kind in STREAM_ONLY:
+            with pytest.raises(BadPacket, match="only allowed on streams"):
+                decode_packet_untrusted(as_packet([encoded]))
+        else:
+            assert decode_packet_untrusted(as_packet([encoded])) == [msg]
 
 
 @MANY
@@ -161,7 +182,7 @@ def assert_within_spec(value: Message | PushNodeState) -> None:
     """Check the limits of SPEC.md section 4.1 on an accepted message, field by field."""
     for field in attrs.fields(type(value)):
         item = getattr(value, field.name)
-        if field.name in ("seq", "incarnation", "checksum"):
+        if field.name in ("seq", "incarnation", "checksum", "request_id"):
             assert type(item) is int
             assert 0 <= item < 2**64
         elif field.name in ("target", "source", "node", "accuser", "sender"):
@@ -176,8 +197,11 @@ def assert_within_spec(value: Message | PushNodeState) -> None:
         elif field.name == "meta":
             assert type(item) is bytes
             assert len(item) <= META_MAX
-        elif field.name == "payload":
+        elif field.name in ("payload", "body"):
             assert type(item) is bytes
+        elif field.name == "service":
+            assert type(item) is str
+            assert 1 <= len(item.encode()) <= 64
         elif field.name in ("want_nack", "join", "ok"):
             assert type(item) is bool
         elif field.name == "op":
@@ -259,7 +283,7 @@ msgpack_values = st.recursive(
 
 
 @FEW
-@given(st.integers(0, 12), st.lists(msgpack_values, max_size=7))
+@given(st.integers(0, 14), st.lists(msgpack_values, max_size=7))
 def test_random_fields(mtype: int, fields: list[object]) -> None:
     message = [mtype, *fields]
     check_only_bad_packet_escapes(bytes([WIRE_VERSION, 0]) + msgpack.packb([message], use_bin_type=True))
