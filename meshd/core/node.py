@@ -206,6 +206,9 @@ class NodeCore:
         )
         #: Reaped dead members: id -> (address, retry until).
         self._reaped: dict[NodeId, tuple[Address, float]] = {}
+        #: Members back from dead: id -> when to exchange full state with them.
+        self._catch_up: dict[NodeId, float] = {}
+        self._catch_up_at = _INF
 
         self._leaving = False
         self._leave_done = False
@@ -296,7 +299,7 @@ class NodeCore:
         if self._queue and self._gossip_at < t:
             t = self._gossip_at
         if not self._leaving:
-            t = min(t, self._push_pull_at, self._reconnect_at)
+            t = min(t, self._push_pull_at, self._reconnect_at, self._catch_up_at)
         else:
             t = min(t, self._leave_deadline)
         return None if t == _INF else t
@@ -355,6 +358,8 @@ class NodeCore:
                 self._start_push_pull(now)
             if now >= self._reconnect_at:
                 self._reconnect(now)
+            if now >= self._catch_up_at:
+                self._start_catch_up(now)
         elif not self._leave_done:
             self._check_leave(now)
 
@@ -465,6 +470,7 @@ class NodeCore:
         elif outcome is Outcome.REJOINED:
             self._reaped.pop(msg.node, None)
             self._out.append(MemberJoined(entry.snapshot()))
+            self._schedule_catch_up(msg.node, now)
         elif outcome is Outcome.RECOVERED:
             self._out.append(MemberRecovered(entry.snapshot()))
         elif outcome is Outcome.UPDATED:
@@ -798,23 +804,55 @@ class NodeCore:
             c.push_pull_interval, len(self._table) + 1
         )
         peers = self._k_random(1, lambda e: e.state is MemberState.ALIVE)
-        if not peers:
-            return
+        if peers:
+            self._push_pull_with(peers[0].node_id, peers[0].address)
+
+    def _push_pull_with(self, node: NodeId, address: Address) -> None:
         mine = checksum(self._local_state())
-        rid = self._new_request(
-            _StreamRequest("push_pull", peers[0].address, checksum=mine, peer=peers[0].node_id)
-        )
+        rid = self._new_request(_StreamRequest("push_pull", address, checksum=mine, peer=node))
         self._stats["push_pulls"] += 1
         self._out.append(
             OpenStream(
                 request_id=rid,
-                address=peers[0].address,
+                address=address,
                 data=codec.encode_stream(PushPull(join=False, checksum=mine)),
                 expect_reply=True,
-                timeout=c.tcp_timeout,
-                peer=peers[0].node_id,
+                timeout=self._config.tcp_timeout,
+                peer=node,
             )
         )
+
+    def _schedule_catch_up(self, node: NodeId, now: float) -> None:
+        """Exchange full state with a member back from dead, one probe interval later.
+
+        After a partition heals, one reconnect merges two tables, but the
+        refutations that follow (each side was "dead" to the other) travel
+        by gossip only among members each side already believes alive, and
+        may run out of retransmits before the other side counts. A
+        checksum-first push-pull with each returning member, once its own
+        refutation had time to happen, carries whatever gossip missed; when
+        the tables already agree it costs one small frame. At most one runs
+        per probe interval.
+        """
+        if self._leaving or node in self._catch_up:
+            return
+        self._catch_up[node] = now + self._config.probe_interval
+        self._catch_up_at = min(self._catch_up_at, self._catch_up[node])
+
+    def _start_catch_up(self, now: float) -> None:
+        due = [n for n, t in self._catch_up.items() if t <= now]
+        if due:
+            node = min(due, key=lambda n: (self._catch_up[n], n))
+            del self._catch_up[node]
+            entry = self._table.get(node)
+            if entry is not None and entry.state is MemberState.ALIVE:
+                self._stats["catch_up_push_pulls"] += 1
+                self._push_pull_with(node, entry.address)
+        if not self._catch_up:
+            self._catch_up_at = _INF
+        else:
+            # Rate limit: the next one a probe interval from now at the earliest.
+            self._catch_up_at = max(now + self._config.probe_interval, min(self._catch_up.values()))
 
     def _start_join(self, address: Address, kind: str) -> None:
         state = tuple(self._local_state())

@@ -571,6 +571,31 @@ def test_node_does_not_retry_left_members_when_reconnect_is_off() -> None:
     assert not [o for o in out if isinstance(o, OpenStream) and o.address == addr(1)]
 
 
+def test_node_exchanges_state_with_a_member_back_from_dead() -> None:
+    # A healed partition: peer 1 was dead here and refutes. One probe
+    # interval later this node push-pulls with it, so whatever gossip about
+    # the other side missed arrives without waiting for the periodic push-pull.
+    cfg = attrs.evolve(LAN, push_pull_interval=0.0, reconnect_interval=0.0)
+    core = make(peers=2, config=cfg)
+    core.handle(PacketReceived(packet(Dead(0, peer(1), peer(2))), addr(2)), 0.0)
+    assert core.member(peer(1)).state is MemberState.DEAD  # type: ignore[union-attr]
+    core.handle(PacketReceived(packet(Alive(1, peer(1), addr(1))), addr(1)), 50.0)
+
+    def catch_ups(out: list[object]) -> list[OpenStream]:
+        return [
+            o
+            for o in out
+            if isinstance(o, OpenStream)
+            and o.address == addr(1)
+            and not codec.decode_stream_untrusted(o.data).join  # type: ignore[union-attr]
+        ]
+
+    assert catch_ups(tick_answering(core, 50.0 + LAN.probe_interval - 0.01)) == []
+    [exchange] = catch_ups(tick_answering(core, 50.0 + LAN.probe_interval + 0.01))
+    assert exchange.peer == peer(1)
+    assert catch_ups(tick_answering(core, 80.0)) == []  # once per return
+
+
 def test_node_handle_rejects_non_inputs() -> None:
     with pytest.raises(TypeError, match="not an input"):
         make().handle("tick", 0.0)  # type: ignore[arg-type]
