@@ -15,6 +15,8 @@ import os
 import random
 import signal
 import socket
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -229,3 +231,30 @@ def test_reload_changes_tags_and_keeps_membership(cluster: Callable[..., LocalCl
     assert c.holds_for(c.converged, 3.0) is None
     log = c.log_path("node-2").read_text()
     assert "reloaded the configuration" in log
+
+
+def _meshctl_check(c: LocalCluster, name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("meshctl")), "--socket", str(c.socket_path(name)),
+         "status", "--check"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )  # fmt: skip
+
+
+def test_status_check_exit_codes_on_a_healthy_and_a_degraded_mesh(
+    cluster: Callable[..., LocalCluster],
+) -> None:
+    c = cluster(3, cluster=f"ops-{uuid.uuid4().hex[:6]}")
+    assert c.wait_until(c.converged, 10.0)
+    healthy = _meshctl_check(c, "node-1")
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    assert "Alive:3" in healthy.stdout
+    c.kill("node-3")
+    assert c.wait_until(lambda: c.all_see("node-3", "dead"), 40.0)
+    degraded = _meshctl_check(c, "node-1")
+    assert degraded.returncode == 3, degraded.stdout + degraded.stderr
+    assert "node-3" in degraded.stdout
+    assert "unhealthy" in degraded.stderr
