@@ -5,8 +5,11 @@
     python3 dev.py test [ARGS...]    run the test suite (``pytest ARGS...``)
 
 Both create ``.venv/`` in this checkout if it is missing and install meshd
-into it in editable mode with the ``test`` extra. The install is repeated only
-when ``pyproject.toml`` changes (its hash is kept in ``.venv/``).
+into it in editable mode with the ``test`` extra, together with the bundled
+plugins (``plugins/*/pyproject.toml``, each its own distribution, also
+editable). The install is repeated only when one of those ``pyproject.toml``
+files changes, or a plugin is added or removed (their hash is kept in
+``.venv/``).
 
 On a fresh Debian, ``python3 -m venv`` fails until the ``python3-venv``
 package is installed; as root with apt-get available this script installs it,
@@ -31,6 +34,9 @@ VENV_PYTHON = VENV_BIN / "python"
 CREATED_MARKER = VENV / ".dev-created"
 INSTALL_STAMP = VENV / ".dev-install-stamp"
 INSTALL_SPEC = ".[test]"
+#: Bundled plugins: every plugins/<name>/ holding a pyproject.toml is a
+#: distribution of its own, installed editable next to meshd.
+PLUGINS_DIR = ROOT / "plugins"
 
 PYTEST_NO_TESTS_COLLECTED = 5
 
@@ -39,7 +45,8 @@ usage: python3 dev.py demo [ARGS...]   run the demo (5 real daemons on loopback)
        python3 dev.py test [ARGS...]   run the test suite (pytest ARGS...)
 
 Both create .venv/ here on first use and install meshd into it (editable,
-with test tools); they reinstall only when pyproject.toml changes.
+with test tools, and the bundled plugins in plugins/); they reinstall only
+when a pyproject.toml changes.
 pytest runs from the repository root: give test paths relative to it.
 """
 
@@ -120,18 +127,34 @@ def ensure_venv() -> bool:
     return False
 
 
+def _plugin_projects() -> list[Path]:
+    """The bundled plugins' directories (those with a pyproject.toml), sorted."""
+    if not PLUGINS_DIR.is_dir():
+        return []
+    return sorted(p.parent for p in PLUGINS_DIR.glob("*/pyproject.toml"))
+
+
 def _pyproject_hash() -> str:
-    data = (ROOT / "pyproject.toml").read_bytes()
-    return hashlib.sha256(data + INSTALL_SPEC.encode()).hexdigest()
+    digest = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + INSTALL_SPEC.encode())
+    for project in _plugin_projects():
+        # The path too: adding, removing or renaming a plugin changes the hash.
+        digest.update(str(project.relative_to(ROOT)).encode() + b"\0")
+        digest.update((project / "pyproject.toml").read_bytes())
+    return digest.hexdigest()
 
 
 def ensure_installed() -> bool:
-    """``pip install -e '.[test]'`` unless pyproject.toml is unchanged since the last one."""
+    """``pip install -e '.[test]' -e plugins/...`` unless the pyproject files are unchanged."""
     wanted = _pyproject_hash()
     installed = INSTALL_STAMP.exists() and (VENV_BIN / "meshd").exists()
     if installed and INSTALL_STAMP.read_text(encoding="utf-8").strip() == wanted:
         return True
-    say(f"installing meshd (editable, {INSTALL_SPEC}) into .venv/ - first run takes a minute")
+    plugins = [str(p.relative_to(ROOT)) for p in _plugin_projects()]
+    say(
+        f"installing meshd (editable, {INSTALL_SPEC})"
+        + (f" and the plugins in {', '.join(plugins)}" if plugins else "")
+        + " into .venv/ - first run takes a minute"
+    )
     INSTALL_STAMP.unlink(missing_ok=True)
     command = [
         str(VENV_PYTHON),
@@ -143,6 +166,8 @@ def ensure_installed() -> bool:
         "--editable",
         INSTALL_SPEC,
     ]
+    for plugin in plugins:
+        command += ["--editable", plugin]
     if subprocess.run(command, cwd=ROOT, stdout=sys.stderr, check=False).returncode != 0:
         say("error: pip install failed (see above); fix it and run this again")
         return False

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Data benchmark: the placement ring now; the replicated store once the runtime serves it.
+"""Data benchmark: the placement ring, and the replicated store on loopback daemons.
 
 Ring section (pure, one process, no network), for the ring meshd uses
 (``meshd.core.ring.Ring`` with its default parameters):
@@ -27,12 +27,29 @@ of ``meshd/core/ring.py``): random tokens per member looked up by bisection,
 fixed partitions ranked by rendezvous hashing (HRW), and meshd's fixed
 partitions placed by tokens.
 
-Store section (put/get per second and p50/p99 latency for consistency one
-and quorum on 3 and 5 loopback daemons, against the raw mutual-TLS round-trip
-ceiling): not measured yet. It comes with the runtime's replicated store;
-until then this script prints no store numbers and its JSON has no store keys
-(``put_quorum_per_s``, ``raw_ceiling_per_s``, ``get_quorum_p99_ms``,
-``put_quorum_p99_ms``).
+Store section (``--no-store`` skips it): real ``meshd run`` daemons on
+127.0.0.1 (``meshd.testing.cluster.LocalCluster``: mutual-TLS RPC sessions,
+SQLite stores with ``synchronous = full``, nothing mocked), 3 and then 5 of
+them. The load runs inside ``node-1`` (the ``bench_kv`` control command, a
+benchmark aid enabled by ``MESHD_BENCH=1``), so the control socket is not
+timed; ``node-1`` coordinates every request, C at a time, over 10,000 keys
+with 100-byte values:
+
+* ``put``/``get`` at consistency ``one`` and ``quorum``: requests/s and the
+  p50/p99 latency of a request (coordinator receipt to answer);
+* ``raw``: the raw ceiling, the same round trips with no KV work: for each
+  request an empty ``_echo`` to every member of the key's preference list
+  over the same sessions (the coordinator's own copy runs locally, as the
+  KV's does), answered once as many replied as the level needs.
+
+Rows alternate within each run; each reports the median over ``--runs``.
+Five daemons share this machine's cores with the load generator, so
+compare rows of the same run rather than absolute numbers.
+
+Ring and store JSON keys: ``put_quorum_per_s``, ``raw_ceiling_per_s`` (the
+raw quorum row, what ``put_quorum`` is measured against),
+``put_quorum_over_raw``, ``get_quorum_p99_ms``, ``put_quorum_p99_ms`` for 3
+daemons, and ``store`` with every row for 3 and 5 daemons.
 
 Prints a table; with ``--json`` the last line is one JSON object:
 ``ring_lookups_per_s``, ``uhashring_lookups_per_s`` (``get_node``),
@@ -303,6 +320,95 @@ def scheme_rows(plan: Plan) -> list[tuple[str, dict[str, float]]]:
     return rows
 
 
+# ---------------------------------------------------------------- store
+
+
+#: (op, consistency) rows of the store section; "raw" is the ceiling.
+STORE_ROWS = [
+    ("raw", "one"),
+    ("raw", "quorum"),
+    ("put", "one"),
+    ("put", "quorum"),
+    ("get", "one"),
+    ("get", "quorum"),
+]
+STORE_KEYS = 10_000
+STORE_VALUE = 100
+STORE_CONCURRENCY = 64
+
+
+def _bench_kv(c: object, op: str, level: str, count: int) -> dict[str, object]:
+    args = {
+        "op": op,
+        "consistency": level,
+        "count": count,
+        "keys": min(STORE_KEYS, count),
+        "concurrency": STORE_CONCURRENCY,
+        "size": STORE_VALUE,
+        "timeout": 30.0,
+    }
+    result: dict[str, object] = c.request("node-1", "bench_kv", args, timeout=600)  # type: ignore[attr-defined]
+    if result["errors"]:
+        raise SystemExit(f"store {op} {level}: requests failed: {result['errors']}")
+    return result
+
+
+def measure_store(sizes: tuple[int, ...], count: int, runs: int) -> dict[str, dict[str, object]]:
+    """The store rows for each mesh size: name -> {per_s, p50_ms, p99_ms, runs_per_s}."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from meshd.testing.cluster import LocalCluster
+
+    os.environ["MESHD_BENCH"] = "1"  # inherited by the daemons: enables bench_kv
+    found: dict[str, dict[str, object]] = {}
+    for size in sizes:
+        root = Path(tempfile.mkdtemp(prefix="meshd-data-", dir="/tmp"))
+        try:
+            with LocalCluster(root, size) as c:
+                print(f"starting {size} daemons …", file=sys.stderr, flush=True)
+                c.start_all()
+                if not c.wait_until(c.converged, 30.0):
+                    raise SystemExit("the daemons did not converge within 30 s")
+
+                def serving() -> bool:
+                    try:
+                        rings = [c.request(n, "ring") for n in c.names]
+                    except Exception:
+                        return False
+                    return all(
+                        r["serving"] and len(r["members"]) == size and not r["rebalancing"]
+                        for r in rings
+                    )
+
+                # Steady state: every ring formed, and the start-up ring
+                # changes are no longer being handed off (reads would also ask
+                # the previous owners until then).
+                if not c.wait_until(serving, 60.0, interval=0.5):
+                    raise SystemExit("the rings did not settle within 60 s")
+                # Warm-up: sessions, caches, and every key written once.
+                _bench_kv(c, "put", "quorum", STORE_KEYS)
+                samples: dict[str, list[dict[str, object]]] = {}
+                for r in range(runs):
+                    print(f"  {size} daemons: run {r + 1}/{runs} …", file=sys.stderr, flush=True)
+                    for op, level in STORE_ROWS:
+                        samples.setdefault(f"{op}_{level}", []).append(
+                            _bench_kv(c, op, level, count)
+                        )
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        for name, results in samples.items():
+            found.setdefault(str(size), {})[name] = {
+                "per_s": round(statistics.median(float(r["per_s"]) for r in results), 1),  # type: ignore[arg-type]
+                "p50_ms": round(statistics.median(float(r["p50_ms"]) for r in results), 3),  # type: ignore[arg-type]
+                "p99_ms": round(statistics.median(float(r["p99_ms"]) for r in results), 3),  # type: ignore[arg-type]
+                "runs_per_s": [r["per_s"] for r in results],
+            }
+    return found
+
+
 # ---------------------------------------------------------------- driver
 
 
@@ -323,6 +429,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--schemes", action="store_true", help="also compare the candidate placement schemes"
     )
+    parser.add_argument(
+        "--no-store", action="store_true", help="skip the store section (no daemons started)"
+    )
+    parser.add_argument(
+        "--store-runs", type=int, help="runs per store row (median reported; default 3, quick 1)"
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     if args.runs:
@@ -339,6 +451,14 @@ def main(argv: list[str] | None = None) -> int:
     worst = {k: max([canonical[k]] + [o[k] for o in others]) for k in canonical}
     builds = {n: build_ms(n) for n in SIZES}
     default = Ring.build([])
+    store: dict[str, dict[str, object]] = {}
+    if not args.no_store:
+        print("measuring the store …", file=sys.stderr, flush=True)
+        store = measure_store(
+            (3, 5),
+            count=3000 if args.quick else 10_000,
+            runs=args.store_runs or (1 if args.quick else 3),
+        )
 
     print(
         f"meshd ring: {default.tokens_per_member} tokens/member, Q = 2^{default.partition_bits} "
@@ -397,7 +517,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     for n in SIZES:
         row(f"Ring.build ms, N={n}", f"{builds[n]:.0f}")
-    print("store: not measured yet (comes with the runtime's replicated store)")
+    if store:
+        print()
+        print(
+            f"store: node-1 coordinates, {STORE_CONCURRENCY} requests in flight, "
+            f"{STORE_VALUE}-byte values, {STORE_KEYS:,} keys, synchronous = full"
+        )
+        print(f"{'daemons':>7} {'row':14} {'requests/s':>11} {'p50 ms':>8} {'p99 ms':>8}  note")
+        for size, rows in store.items():
+            for name, values in rows.items():
+                v: dict[str, float] = values  # type: ignore[assignment]
+                note = ""
+                if name.startswith("put_") or name.startswith("get_"):
+                    raw = rows[f"raw_{name.split('_', 1)[1]}"]["per_s"]  # type: ignore[index]
+                    note = f"{100 * v['per_s'] / raw:.0f}% of raw"
+                elif name.startswith("raw_"):
+                    note = "ceiling: the same round trips, empty"
+                print(
+                    f"{size:>7} {name:14} {v['per_s']:>11,.0f} {v['p50_ms']:>8.2f} "
+                    f"{v['p99_ms']:>8.2f}  {note}"
+                )
+    else:
+        print("store: not measured (--no-store)")
 
     if args.schemes:
         print()
@@ -437,9 +578,21 @@ def main(argv: list[str] | None = None) -> int:
                 "lookup_runs": plan.runs,
                 "python": platform.python_version(),
                 "uhashring": getattr(uhashring, "__version__", None) if uhashring else None,
-                "store": "not measured yet: comes with the runtime's replicated store",
+                "store_concurrency": STORE_CONCURRENCY,
+                "store_value_bytes": STORE_VALUE,
+                "cores": __import__("os").cpu_count(),
             },
         }
+        if store:
+            three: dict[str, dict[str, float]] = store["3"]  # type: ignore[assignment]
+            out["put_quorum_per_s"] = three["put_quorum"]["per_s"]
+            out["raw_ceiling_per_s"] = three["raw_quorum"]["per_s"]
+            out["put_quorum_over_raw"] = round(
+                three["put_quorum"]["per_s"] / three["raw_quorum"]["per_s"], 3
+            )
+            out["put_quorum_p99_ms"] = three["put_quorum"]["p99_ms"]
+            out["get_quorum_p99_ms"] = three["get_quorum"]["p99_ms"]
+            out["store"] = store
         if uhashring is not None:
             out["uhashring_lookups_per_s"] = round(rates["uhashring"])
             out["uhashring_preference_list_per_s"] = round(rates["uhashring_plist"])

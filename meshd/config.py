@@ -60,9 +60,11 @@ __all__ = [
     "ControlSection",
     "DiscoverySection",
     "JoinSection",
+    "KvSection",
     "LogSection",
     "MetricsSection",
     "NodeSection",
+    "PluginsSection",
     "StateSection",
     "TlsSection",
     "check_ports_free",
@@ -97,6 +99,15 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 #: TLS modes accepted by ``[tls] mode``.
 TLS_MODES = ("derived", "pki")
 
+#: Consistency levels accepted by ``[kv] consistency``.
+KV_CONSISTENCIES = ("one", "quorum", "all")
+
+#: ``[kv] synchronous`` values (SQLite's, see runtime/store.py "Durability").
+KV_SYNCHRONOUS = ("full", "normal")
+
+#: Most replicas per key ``[kv] replicas`` accepts.
+KV_MAX_REPLICAS = 16
+
 # A unix socket path must fit in ``sun_path`` (108 bytes on Linux, NUL included).
 _SUN_PATH_MAX = 107
 
@@ -105,6 +116,7 @@ _SUN_PATH_MAX = 107
 # and the TLS certificate's SAN URI).
 _NODE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _CLUSTER_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_PLUGIN_NAME = re.compile(r"[a-z][a-z0-9_-]{0,47}")
 _DNS_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
 
 # Largest secret file read: a base64 key is 44 bytes; anything much bigger is
@@ -246,6 +258,70 @@ class MetricsSection:
 
 
 @attrs.frozen(kw_only=True)
+class KvSection:
+    """``[kv]``: the replicated key-value store (ring, replication, repair).
+
+    Durations are seconds; rates are bytes per second. Every node of a mesh
+    must use the same ``replicas`` (it is part of the placement).
+
+    Attributes:
+        replicas: copies of each key (Dynamo's N, Riak's n_val).
+        consistency: default level of requests that name none: ``"one"``,
+            ``"quorum"`` or ``"all"``.
+        timeout: default deadline of a request, seconds.
+        hinted_handoff: keep writes for unreachable replicas on another
+            node and deliver them when the replica is back.
+        sloppy_quorum: count such hints toward the consistency level
+            (Dynamo); off: only replicas of the preference list count
+            (Cassandra), see docs/data.md.
+        hint_window: seconds a hint is kept before it is dropped.
+        tombstone_grace: seconds a delete's tombstone is kept; must exceed
+            ``hint_window``.
+        anti_entropy_interval: seconds between Merkle-tree comparisons
+            with each peer.
+        anti_entropy_rate: bytes per second anti-entropy may move.
+        handoff_rate: bytes per second rebalancing may move.
+        max_clock_drift: seconds a write's timestamp may be ahead of this
+            node's clock before the write is refused.
+        synchronous: ``"full"`` (an acknowledged write survives power loss)
+            or ``"normal"`` (it survives a crash of meshd).
+    """
+
+    replicas: int = 3
+    consistency: Literal["one", "quorum", "all"] = "quorum"
+    timeout: float = 2.0
+    hinted_handoff: bool = True
+    sloppy_quorum: bool = False
+    hint_window: float = 3 * 3600.0
+    tombstone_grace: float = 10 * 24 * 3600.0
+    anti_entropy_interval: float = 60.0
+    anti_entropy_rate: int = 1 << 20
+    handoff_rate: int = 8 << 20
+    max_clock_drift: float = 5.0
+    synchronous: Literal["full", "normal"] = "full"
+
+
+@attrs.frozen(kw_only=True)
+class PluginsSection:
+    """``[plugins]``: which plugins run, where to find them, and their settings.
+
+    Attributes:
+        enabled: names of the plugins to run.
+        dirs: directories searched for plugins (``NAME.py`` or ``NAME/__init__.py``)
+            before the ``meshd.plugins`` entry points of installed distributions.
+        block_threshold: seconds a plugin may hold the event loop in one step
+            before it is reported as blocking.
+        sections: the ``[plugins.NAME]`` tables as parsed; each plugin
+            validates its own against its schema (``meshd/runtime/plugins.py``).
+    """
+
+    enabled: tuple[str, ...] = ()
+    dirs: tuple[Path, ...] = ()
+    block_threshold: float = 0.25
+    sections: dict[str, dict[str, Any]] = attrs.field(factory=dict)
+
+
+@attrs.frozen(kw_only=True)
 class Config:
     """A validated daemon configuration, as read by :func:`load_config`.
 
@@ -261,6 +337,7 @@ class Config:
         state: ``[state]``.
         log: ``[log]``.
         metrics: ``[metrics]``.
+        kv: ``[kv]``.
     """
 
     path: Path
@@ -274,6 +351,8 @@ class Config:
     state: StateSection
     log: LogSection
     metrics: MetricsSection = MetricsSection()
+    kv: KvSection = KvSection()
+    plugins: PluginsSection = PluginsSection()
 
 
 # ---------------------------------------------------------------------------
@@ -381,6 +460,9 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "state": ("dir",),
     "log": ("level",),
     "metrics": ("listen",),
+    "kv": tuple(f.name for f in attrs.fields(KvSection)),
+    # ...plus one sub-table [plugins.NAME] per plugin (see _Reader.plugins).
+    "plugins": ("enabled", "dirs", "block_threshold"),
 }
 
 # Python type of each MembershipConfig field ("float", "int", "bool", "str").
@@ -470,6 +552,8 @@ class _Reader:
                 )
             valid = _SECTIONS[name]
             for key in table:
+                if name == "plugins" and isinstance(table[key], dict):
+                    continue  # [plugins.NAME]: checked by the plugin's schema
                 if key not in valid:
                     owners = [s for s, keys in _SECTIONS.items() if key in keys]
                     guess = f" (did you mean [{owners[0]}] {key}?)" if owners else ""
@@ -790,6 +874,120 @@ class _Reader:
             return MetricsSection(listen=None)
         return MetricsSection(listen=self.address("metrics", "listen", value, dns_names=False))
 
+    def integer(self, section: str, key: str, default: int, hint: str) -> int:
+        """An integer value, or ``default`` when absent."""
+        if not self.has(section, key):
+            return default
+        value = self.raw(section, key)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.wrong_type(section, key, value, "an integer", hint)
+        return value
+
+    def kv(self) -> KvSection:
+        """Build ``[kv]``; the tombstone grace must exceed the hint window."""
+        from meshd.core.versioned import check_tombstone_grace
+
+        d = KvSection()
+        replicas = self.integer("kv", "replicas", d.replicas, "3")
+        if not 1 <= replicas <= KV_MAX_REPLICAS:
+            self.fail(
+                f"[kv] replicas must be 1..{KV_MAX_REPLICAS}, got {replicas} — e.g. replicas = 3 "
+                "(the same on every node)"
+            )
+        consistency = self.choice("kv", "consistency", d.consistency, KV_CONSISTENCIES)
+        synchronous = self.choice("kv", "synchronous", d.synchronous, KV_SYNCHRONOUS)
+        seconds: dict[str, float] = {}
+        for key in (
+            "timeout",
+            "hint_window",
+            "tombstone_grace",
+            "anti_entropy_interval",
+            "max_clock_drift",
+        ):
+            default = getattr(d, key)
+            value = self.number("kv", key, default, repr(default))
+            positive = key != "max_clock_drift"
+            if value < 0 or (positive and value == 0):
+                self.fail(
+                    f"[kv] {key} must be {'> 0' if positive else '>= 0'} seconds, got {value} "
+                    f"— e.g. {key} = {default!r}"
+                )
+            seconds[key] = value
+        rates: dict[str, int] = {}
+        for key in ("anti_entropy_rate", "handoff_rate"):
+            default = getattr(d, key)
+            rates[key] = self.integer("kv", key, default, str(default))
+            if rates[key] < 1024:
+                self.fail(
+                    f"[kv] {key} must be at least 1024 bytes per second, got {rates[key]} — "
+                    f"e.g. {key} = {default}"
+                )
+        try:
+            check_tombstone_grace(
+                round(seconds["tombstone_grace"] * 1000), round(seconds["hint_window"] * 1000)
+            )
+        except ValueError:
+            self.fail(
+                f"[kv] tombstone_grace ({seconds['tombstone_grace']:g} s) must be longer than "
+                f"hint_window ({seconds['hint_window']:g} s), or a hint delivered late could "
+                "bring a deleted key back — raise tombstone_grace or lower hint_window"
+            )
+        return KvSection(
+            replicas=replicas,
+            consistency=typing.cast(Literal["one", "quorum", "all"], consistency),
+            hinted_handoff=self.boolean("kv", "hinted_handoff", d.hinted_handoff),
+            sloppy_quorum=self.boolean("kv", "sloppy_quorum", d.sloppy_quorum),
+            synchronous=typing.cast(Literal["full", "normal"], synchronous),
+            **seconds,
+            **rates,
+        )
+
+    def plugins(self) -> PluginsSection:
+        """Build ``[plugins]``: names and directories; each ``[plugins.NAME]`` is kept as parsed."""
+        table = self.tables.get("plugins", {})
+        enabled: list[str] = []
+        if self.has("plugins", "enabled"):
+            value = self.raw("plugins", "enabled")
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                self.wrong_type(
+                    "plugins", "enabled", value, "an array of plugin names", '["events", "services"]'
+                )
+            for name in value:
+                if not _PLUGIN_NAME.fullmatch(name):
+                    self.fail(
+                        f"[plugins] enabled: {_shown(name)} is not a plugin name — names are "
+                        "1..48 of a-z, 0-9, '_' and '-', starting with a letter"
+                    )
+                if name in enabled:
+                    self.fail(f"[plugins] enabled lists {name!r} twice — list it once")
+                enabled.append(name)
+        dirs: list[Path] = []
+        if self.has("plugins", "dirs"):
+            value = self.raw("plugins", "dirs")
+            if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+                self.wrong_type(
+                    "plugins", "dirs", value, "an array of directory paths", '["/etc/meshd/plugins"]'
+                )
+            dirs = [self.resolve(text) for text in value]
+        threshold = self.number("plugins", "block_threshold", 0.25, "0.25")
+        if not 0.01 <= threshold <= 60:
+            self.fail(
+                f"[plugins] block_threshold must be 0.01..60 seconds, got {threshold} — "
+                "e.g. block_threshold = 0.25"
+            )
+        sections: dict[str, dict[str, Any]] = {}
+        for key, sub in table.items():
+            if isinstance(sub, dict):
+                if not _PLUGIN_NAME.fullmatch(key):
+                    self.fail(
+                        f"[plugins.{key}]: {key!r} is not a plugin name — names are 1..48 of "
+                        "a-z, 0-9, '_' and '-', starting with a letter"
+                    )
+                sections[key] = sub
+        return PluginsSection(
+            enabled=tuple(enabled), dirs=tuple(dirs), block_threshold=threshold, sections=sections
+        )
+
     def config(self) -> Config:
         """Build the whole :class:`Config`."""
         node = self.node()
@@ -811,6 +1009,8 @@ class _Reader:
             state=state,
             log=self.log(),
             metrics=self.metrics(),
+            kv=self.kv(),
+            plugins=self.plugins(),
         )
 
 

@@ -82,7 +82,7 @@ BAD_CONFIGS: list[tuple[str, str, list[str]]] = [
         ["[membership] probe_intervall", "'probe_interval'"],
     ),
     ("unknown-section", "[nodes]\n", ["unknown section [nodes]", "did you mean 'node'", "[log]"]),
-    ("unknown-section-no-match", "[plugins.x]\n", ["unknown section [plugins]", "valid sections"]),
+    ("unknown-section-no-match", "[extras.x]\n", ["unknown section [extras]", "valid sections"]),
     ("top-level-key", 'bind = "127.0.0.1:1"\n', ["key bind is outside any section", "[node] bind"]),
     ("section-not-table", "node = 3\n", ["[node] must be a section", "integer"]),
     ("wrong-type-bind", "[node]\nbind = 7946\n", ["[node] bind", "string", "integer 7946"]),

@@ -193,6 +193,12 @@ def _check_config(parser: argparse.ArgumentParser, args: list[str]) -> int:
     check_tls_files(config)
     if not options.skip_port_check:
         check_ports_free(config)
+    if config.plugins.enabled or config.plugins.sections:
+        # Imports and validates each enabled plugin, as `meshd run` will.
+        from meshd.runtime.plugins import check_plugins
+
+        names = check_plugins(config)
+        print(f"{config.path}: plugins ready: {', '.join(names) or 'none'}")
     print(f"{config.path}: OK")
     return ExitStatus.OK
 

@@ -81,6 +81,14 @@ local control socket.
   meshctl members --json      every member, for scripts
   meshctl join 10.0.0.2:7946  contact another node and merge memberships
   meshctl keys list           gossip keys installed across the mesh
+  meshctl put KEY VALUE       store a value in the replicated store (VALUE - : stdin)
+  meshctl get KEY             print a value (exit 1 when the key is absent)
+  meshctl delete KEY          delete a key
+  meshctl ring                owners per member: ownership, keys, bytes, handoffs
+  meshctl plugins             this node's plugins: state, restarts, last error
+  meshctl plugins reload      apply the config file's [plugins] without a restart
+  meshctl event deploy v42    send a user event to every member (plugin events)
+  meshctl services [NAME]     where each service runs and whether it is healthy
 
 The socket is, first found: --socket PATH, $MESHCTL_SOCKET, the
 [control] socket of --config FILE, /run/meshd/meshd.sock if it exists,
@@ -141,11 +149,16 @@ class CommandFailed(MeshError):
 
 
 class Rendered(NamedTuple):
-    """What a command prints, and its exit status."""
+    """What a command prints, and its exit status.
+
+    ``data``, when set, is written to stdout as raw bytes after ``out``
+    (``meshctl get`` prints a value exactly as stored).
+    """
 
     out: list[str]
     err: list[str]
     status: int = ExitStatus.OK
+    data: bytes | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -348,7 +361,7 @@ def call(choice: SocketChoice, cmd: str, args: dict[str, Any], *, timeout: float
 
 
 def _error_message(cmd: str, error: Mapping[str, str]) -> str:
-    message = f"{cmd} failed: {printable(error['message'])}"
+    message = f"{cmd.removeprefix('kv_')} failed: {printable(error['message'])}"
     code = error["code"]
     if code == control.UNSUPPORTED_VERSION:
         message += (
@@ -508,6 +521,9 @@ def unhealthy(result: Mapping[str, Any]) -> list[str]:
         ranges = _count(result["under_replicated"])
         if ranges:
             reasons.append(f"{ranges} under-replicated range(s)")
+    failing = [p["name"] for p in result.get("local_plugins") or () if p.get("failing")]
+    if failing:
+        reasons.append(f"plugin(s) failing: {', '.join(map(str, failing))}")
     return reasons
 
 
@@ -581,6 +597,7 @@ def _status_warnings(result: Mapping[str, Any], members: Sequence[Mapping[str, A
                 "  a further failure may make keys in them unavailable; "
                 "bring back the members that are not alive"
             )
+    out += plugin_warnings(result.get("local_plugins") or ())
     health = int(_number(result["health"]))
     if health > 0:
         out.append(
@@ -703,6 +720,313 @@ def render_metrics(result: Mapping[str, Any]) -> Rendered:
     return Rendered([text.removesuffix("\n")], [])
 
 
+def render_get(result: Mapping[str, Any], *, tty: bool) -> Rendered:
+    """``meshctl get``: the value alone, as raw bytes (a newline is added on a terminal).
+
+    An absent or deleted key prints nothing on stdout, a message on stderr,
+    and exits 1.
+    """
+    if not result["found"]:
+        what = "was deleted" if result.get("deleted") else "not found"
+        key = result.get("key") or f"(base64) {result.get('key_b64')}"
+        message = printable(f"key {key!r} {what} in namespace {result['ns']!r}")
+        return Rendered([], [message], ExitStatus.ERROR)
+    value = base64.b64decode(str(result["value_b64"]), validate=True)
+    if tty and not value.endswith(b"\n"):
+        value += b"\n"
+    return Rendered([], [], ExitStatus.OK, value)
+
+
+def _percent(value: object) -> str:
+    return f"{100 * _number(value):.1f}%"
+
+
+def _maybe(value: object, show: Callable[[Any], str] = lambda v: f"{int(_number(v)):,}") -> str:
+    return "--" if value is None else show(value)
+
+
+def render_ring(result: Mapping[str, Any]) -> Rendered:
+    """``meshctl ring``: one row per ring member, then this node's handoff state."""
+    members = _by_name(result["members"])
+    header = printable(
+        f"Ring {str(result['fingerprint'])[:12]}  replicas={int(result['replicas'])}  "
+        f"partitions={int(result['partitions'])}  members={len(members)}  self={result['self']}"
+    )
+    rows: list[Sequence[object]] = [
+        ("Name", "Status", "Primary", "Owns", "Keys", "Tombstones", "Load", "Hints", "Handoffs")
+    ]
+    for m in members:
+        rows.append(
+            (
+                m["name"],
+                m["status"],
+                _percent(m["owns_primary"]),
+                _percent(m["owns"]),
+                _maybe(m.get("keys")),
+                _maybe(m.get("tombstones")),
+                _maybe(m.get("bytes"), _size),
+                _maybe(m.get("hints")),
+                _maybe(m.get("handoffs")),
+            )
+        )
+    out = [header, "=" * width(header)]
+    out.append(
+        "Primary=share of the keys it is first owner of  Owns=share it holds a replica of  "
+        "Load=key+value bytes  --=did not answer"
+    )
+    out += columns(rows)
+    out.append(
+        f"Handoffs pending here:{_count(result['handoffs'])} / "
+        f"Rebalancing:{'yes' if result.get('rebalancing') else 'no'} / "
+        f"Hints pending here:{_count(result['hints_pending'])} / "
+        f"Under-replicated ranges:{_count(result['under_replicated'])}"
+    )
+    return Rendered(out, [])
+
+
+# ---------------------------------------------------------------------------
+# Plugins: meshctl plugins, event, services (the plugins' own answers are
+# rendered here; the bundled plugins events and services answer the "plugin"
+# control command).
+
+#: Commands of this section.
+PLUGIN_COMMANDS = ("plugins", "event", "services")
+
+_PLUGINS_EPILOG = """\
+Without an operation, lists this node's plugins: state (running, restarting,
+stopped, refused; "failing" when it crashed and has not yet run for 60 s
+since), restarts, how often it blocked the event loop, version and source.
+
+reload re-reads the config file's [plugins] section and applies it without
+restarting meshd: enabled plugins start, disabled ones stop, and those whose
+section or code changed restart (NAME restarts that one in any case). A
+plugin whose new section is invalid keeps running as it was; the problems
+are printed and the exit status is 1. SIGHUP does the same for [plugins].
+
+call runs a command a plugin offers (see its documentation) with a JSON
+object of arguments and prints the JSON answer.
+"""
+
+
+def plugin_request(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """The control command and arguments of ``plugins``, ``event`` and ``services``."""
+    parser: argparse.ArgumentParser = ns.subparser
+    if ns.command == "plugins":
+        op = getattr(ns, "plugins_op", None) or "list"
+        if op == "reload":
+            return "plugins", {"op": "reload", "name": ns.name}
+        if op == "call":
+            try:
+                args = json.loads(ns.arguments) if ns.arguments is not None else {}
+            except json.JSONDecodeError as exc:
+                parser.error(f"ARGS is not JSON: {exc}")
+            if not isinstance(args, dict):
+                parser.error('ARGS must be a JSON object, e.g. \'{"key": "alice"}\'')
+            return "plugin", {"plugin": ns.plugin, "command": ns.plugin_command, "args": args}
+        return "plugins", {"op": "list"}
+    if ns.command == "event":
+        if ns.payload == "-":
+            raw = sys.stdin.buffer.read(64 * 1024)
+        else:
+            raw = os.fsencode(ns.payload or "")
+        args = {"name": ns.name, "payload_b64": base64.b64encode(raw).decode("ascii")}
+        return "plugin", {"plugin": "events", "command": "send", "args": args}
+    args = {} if ns.name is None else {"name": ns.name}
+    return "plugin", {"plugin": "services", "command": "list", "args": args}
+
+
+def _ago(at: object) -> str:
+    if not isinstance(at, int | float) or isinstance(at, bool):
+        return ""
+    return f" {_duration(max(0.0, time.time() - float(at)))} ago"
+
+
+def plugin_warnings(plugins: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Warnings for failing, refused or blocking plugins (``status`` and ``plugins``)."""
+    out: list[str] = []
+    for p in plugins:
+        name = printable(str(p["name"]))
+        if p.get("state") == "refused":
+            out.append(printable(f"WARNING: plugin {name} was refused: {p.get('last_error')}"))
+            out.append("  fix its [plugins] section or install it, then: meshctl plugins reload")
+        elif p.get("failing"):
+            out.append(
+                printable(
+                    f"WARNING: plugin {name} is failing ({int(p.get('restarts') or 0)} "
+                    f"restart(s)); last error{_ago(p.get('last_error_at'))}: {p.get('last_error')}"
+                )
+            )
+            out.append(
+                "  its traceback is in the meshd log (journalctl -u meshd); meshd restarts it "
+                "with back-off, membership is not affected"
+            )
+        last = p.get("last_blocked")
+        if last:
+            out.append(
+                printable(
+                    f"WARNING: plugin {name} blocked the event loop {int(p.get('blocked') or 0)} "
+                    f"time(s), last for {float(last['seconds']):.2f} s{_ago(last.get('at'))} at "
+                    f"{last['where']}"
+                )
+            )
+            out.append(
+                "  membership stalls while it does; its author should move blocking work to "
+                "trio.to_thread.run_sync (docs/plugins.md)"
+            )
+    return out
+
+
+def render_plugins(result: Mapping[str, Any]) -> Rendered:
+    """``meshctl plugins``: one row per plugin of this node, then warnings."""
+    plugins = sorted(result["plugins"], key=lambda p: str(p["name"]))
+    if not plugins:
+        return Rendered(
+            ["no plugins enabled on this node ([plugins] enabled in the config file)"], []
+        )
+    rows: list[Sequence[object]] = [
+        ("Plugin", "State", "Restarts", "Blocked", "Version", "Source", "Status")
+    ]
+    for p in plugins:
+        state = "failing" if p.get("failing") and p.get("state") != "refused" else p["state"]
+        source = {"entry_point": "installed", "dir": "directory"}.get(
+            str(p.get("source")), p.get("source") or "--"
+        )
+        rows.append(
+            (
+                p["name"],
+                state,
+                int(p.get("restarts") or 0),
+                int(p.get("blocked") or 0),
+                p.get("version") or "--",
+                source,
+                p.get("status") or "--",
+            )
+        )
+    out = columns(rows)
+    errors = [
+        printable(f"  {p['name']}: last error{_ago(p.get('last_error_at'))}: {p['last_error']}")
+        for p in plugins
+        if p.get("last_error") and not p.get("failing") and p.get("state") != "refused"
+    ]
+    if errors:
+        out += ["Earlier errors:", *errors]
+    out += plugin_warnings(plugins)
+    return Rendered(out, [])
+
+
+def render_reload(result: Mapping[str, Any]) -> Rendered:
+    """``meshctl plugins reload``: what changed; problems on stderr with exit status 1."""
+    out = []
+    for key in ("started", "restarted", "stopped", "unchanged"):
+        names = result.get(key) or []
+        if names:
+            out.append(f"{key}: {', '.join(map(str, names))}")
+    if not out:
+        out.append("no plugins enabled")
+    errors = result.get("errors") or {}
+    err = [printable(f"{name}: {message}") for name, message in sorted(errors.items())]
+    return Rendered(out, err, ExitStatus.ERROR if err else ExitStatus.OK)
+
+
+def render_services(result: Mapping[str, Any], name: str | None) -> Rendered:
+    """``meshctl services``: one row per service instance, mesh-wide."""
+    services = sorted(
+        result["services"], key=lambda s: (str(s["service"]), _natural(str(s["node"])))
+    )
+    unreachable: Mapping[str, str] = result.get("unreachable") or {}
+    err = [printable(f"no answer from {node}: {why}") for node, why in sorted(unreachable.items())]
+    if not services:
+        what = f"no service {name!r}" if name else "no services"
+        return Rendered([], [f"{what} announced by any member", *err], ExitStatus.ERROR)
+    rows: list[Sequence[object]] = [("Service", "Node", "Address", "Health", "Tags", "Check")]
+    for s in services:
+        rows.append(
+            (
+                s["service"],
+                s["node"],
+                s["address"],
+                s["health"],
+                ",".join(map(str, s.get("tags") or [])) or "--",
+                s.get("output") or ("--" if not s.get("check") else ""),
+            )
+        )
+    healthy = sum(1 for s in services if s["health"] == "healthy")
+    names = {s["service"] for s in services}
+    out = [
+        *columns(rows),
+        f"{len(services)} instance(s) of {len(names)} service(s): {healthy} healthy, "
+        f"{len(services) - healthy} not healthy",
+    ]
+    return Rendered(out, err)
+
+
+def render_plugin_command(ns: argparse.Namespace, result: Mapping[str, Any]) -> Rendered:
+    """Text (or ``--json``) output of ``plugins``, ``event`` and ``services``, and their status."""
+    op = getattr(ns, "plugins_op", None) or "list"
+    if getattr(ns, "json", False):
+        failed = ns.command == "plugins" and op == "reload" and bool(result.get("errors"))
+        return Rendered([_json_document(result)], [], ExitStatus.ERROR if failed else ExitStatus.OK)
+    if ns.command == "plugins":
+        if op == "reload":
+            return render_reload(result)
+        if op == "call":
+            return Rendered([json.dumps(dict(result), indent=2, ensure_ascii=True)], [])
+        return render_plugins(result)
+    if ns.command == "event":
+        return Rendered(
+            [
+                printable(
+                    f"sent event {ns.name!r} ({int(result['bytes'])} bytes, Lamport time "
+                    f"{int(result['ltime'])}) to the events plugin of every member"
+                )
+            ],
+            [],
+        )
+    return render_services(result, ns.name)
+
+
+def _add_plugin_commands(commands: Any) -> None:
+    """``plugins [list|reload|call]``, ``event`` and ``services``."""
+    plugins = _subparser(
+        commands,
+        "plugins",
+        "this node's plugins; reload them; call a plugin's command",
+        json_flag=True,
+        epilog=_PLUGINS_EPILOG,
+    )
+    ops = plugins.add_subparsers(dest="plugins_op", metavar="OP", title="operations")
+    _subparser(ops, "list", "state, restarts, blocking and last error (the default)", json_flag=True)
+    reload = _subparser(
+        ops, "reload", "apply [plugins] from the config file now", json_flag=True
+    )
+    reload.add_argument("name", nargs="?", metavar="NAME", help="also restart this plugin")
+    call = _subparser(ops, "call", "run a plugin's command on this node", json_flag=True)
+    call.add_argument("plugin", metavar="PLUGIN", help="the plugin")
+    call.add_argument("plugin_command", metavar="COMMAND", help="its command")
+    call.add_argument(
+        "arguments", nargs="?", metavar="ARGS", help="a JSON object of arguments (default {})"
+    )
+    event = _subparser(
+        commands,
+        "event",
+        "send a user event to every member (needs the events plugin)",
+        json_flag=True,
+        epilog="Members whose events plugin has a handler for user:NAME (or user, or *) run it\n"
+        "with MESHD_USER_EVENT=NAME and the payload on stdin (docs/plugins.md).",
+    )
+    event.add_argument("name", metavar="NAME", help="the event name")
+    event.add_argument(
+        "payload", nargs="?", metavar="PAYLOAD", help="its payload (text), or - to read stdin"
+    )
+    services = _subparser(
+        commands,
+        "services",
+        "services announced by the members, mesh-wide, with their health (plugin services)",
+        json_flag=True,
+    )
+    services.add_argument("name", nargs="?", metavar="NAME", help="only this service")
+
+
 def _json_document(result: Mapping[str, Any], *, compact: bool = False) -> str:
     """``{"v": 1, ...the daemon's answer}``; compact is one line (JSON Lines)."""
     document: dict[str, Any] = {"v": control.PROTOCOL_VERSION}
@@ -741,8 +1065,39 @@ def parse_key(text: str, *, stdin: Any = None) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
+#: Largest VALUE ``meshctl put`` sends: its base64 must fit one control line.
+MAX_PUT_VALUE = (control.MAX_LINE - 4096) // 4 * 3
+
+
+def _kv_request(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """``put``/``get``/``delete``: the ``kv_*`` command and its arguments."""
+    args: dict[str, Any] = {"ns": ns.ns, "key": ns.key}
+    if ns.consistency is not None:
+        args["consistency"] = ns.consistency
+    if ns.command == "put":
+        if ns.value == "-":
+            raw = sys.stdin.buffer.read(MAX_PUT_VALUE + 1)
+        else:
+            raw = os.fsencode(ns.value)  # arguments are bytes to the OS; give them back
+        if len(raw) > MAX_PUT_VALUE:
+            parser: argparse.ArgumentParser = ns.subparser
+            parser.error(
+                f"VALUE is larger than the {MAX_PUT_VALUE} bytes meshctl can send through "
+                "the control socket"
+            )
+        try:
+            args["value"] = raw.decode()
+        except UnicodeDecodeError:
+            args["value_b64"] = base64.b64encode(raw).decode("ascii")
+    return f"kv_{ns.command}", args
+
+
 def _request(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
     """The command name and arguments to send for the parsed command line."""
+    if ns.command in ("put", "get", "delete"):
+        return _kv_request(ns)
+    if ns.command in PLUGIN_COMMANDS:
+        return plugin_request(ns)
     if ns.command == "join":
         return "join", {"addresses": list(ns.addresses)}
     if ns.command == "keys":
@@ -759,7 +1114,11 @@ def _request(ns: argparse.Namespace) -> tuple[str, dict[str, Any]]:
 
 def _render(ns: argparse.Namespace, result: Mapping[str, Any]) -> Rendered:
     """The output for ``result``, as text or JSON per ``--json``; ``--check`` sets the status."""
+    if ns.command in PLUGIN_COMMANDS:
+        return render_plugin_command(ns, result)
     rendered = _render_output(ns, result)
+    if ns.command == "get" and getattr(ns, "json", False) and not result.get("found"):
+        return Rendered(rendered.out, [], ExitStatus.ERROR)
     if ns.command == "status" and ns.check:
         reasons = unhealthy(result)
         if reasons:
@@ -783,6 +1142,12 @@ def _render_output(ns: argparse.Namespace, result: Mapping[str, Any]) -> Rendere
         return Rendered([_json_document(result, compact=compact)], [])
     if ns.command == "status":
         return render_status(result)
+    if ns.command == "get":
+        return render_get(result, tty=sys.stdout.isatty())
+    if ns.command in ("put", "delete"):
+        return Rendered([], [])
+    if ns.command == "ring":
+        return render_ring(result)
     if ns.command == "metrics":
         return render_metrics(result)
     if ns.command == "members":
@@ -930,6 +1295,8 @@ def build_parser() -> argparse.ArgumentParser:
     join.add_argument("addresses", nargs="+", metavar="ADDR", help="host:port of a mesh node")
     _subparser(commands, "leave", "leave the mesh gracefully; meshd then exits")
 
+    _add_kv_commands(commands)
+    _add_plugin_commands(commands)
     keys = _subparser(commands, "keys", "gossip keys across the mesh: list|install|use|remove")
     ops = keys.add_subparsers(dest="op", metavar="OP", title="operations", required=True)
     _subparser(
@@ -945,6 +1312,59 @@ def build_parser() -> argparse.ArgumentParser:
             "key", metavar="KEY", help="base64 of 32 bytes (meshd keygen), or - for stdin"
         )
     return parser
+
+
+_KV_EPILOG = """\
+Any node accepts the request and forwards it to the key's replicas (its
+preference list on the ring). --consistency says how many of them must
+answer: one, quorum (a majority; the default unless [kv] consistency says
+otherwise) or all. When too few answer, the command fails with exit status 1
+and says how many did and why the others did not.
+
+Keys and values are text; `meshctl put KEY -` reads the value (any bytes)
+from stdin, and `meshctl get` writes it back exactly (adding a newline only
+on a terminal).
+"""
+
+
+def _add_kv_commands(commands: Any) -> None:
+    """``put``, ``get``, ``delete`` and ``ring``."""
+
+    def common(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("key", metavar="KEY", type=_nonempty, help="the key (text)")
+        parser.add_argument(
+            "--consistency",
+            choices=("one", "quorum", "all"),
+            help="replicas that must answer (default: [kv] consistency, normally quorum)",
+        )
+        parser.add_argument(
+            "--ns",
+            metavar="NAMESPACE",
+            default="default",
+            help="namespace (default: default): letters, digits, '.', '_', ':', '-'",
+        )
+
+    put = _subparser(
+        commands, "put", "store VALUE under KEY", json_flag=True, epilog=_KV_EPILOG
+    )
+    common(put)
+    put.add_argument("value", metavar="VALUE", help="the value (text), or - to read it from stdin")
+    get = _subparser(
+        commands,
+        "get",
+        "print the value of KEY (exit 1 if absent)",
+        json_flag=True,
+        epilog=_KV_EPILOG,
+    )
+    common(get)
+    delete = _subparser(commands, "delete", "delete KEY", json_flag=True, epilog=_KV_EPILOG)
+    common(delete)
+    _subparser(
+        commands,
+        "ring",
+        "the ring: ownership, keys, bytes and handoffs per member",
+        json_flag=True,
+    )
 
 
 def _fetch(
@@ -1075,6 +1495,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return watch(snapshot, interval=ns.watch, json_lines=ns.json)
         rendered = snapshot()
         _print(rendered.out, sys.stdout)
+        if rendered.data is not None:
+            sys.stdout.flush()
+            sys.stdout.buffer.write(rendered.data)
+            sys.stdout.buffer.flush()
         _print(rendered.err, sys.stderr, "meshctl: ")
         return rendered.status
     except CommandFailed as fail:

@@ -68,6 +68,7 @@ from meshd.core.messages import (
     PushNodeState,
     PushPull,
     Suspect,
+    UserEvent,
     UserMessage,
 )
 from meshd.core.types import Address, MemberState, NodeId, ProtocolRange
@@ -240,6 +241,10 @@ def _user_fields(m: UserMessage) -> list[object]:
     return [MessageType.USER, m.sender, m.payload]
 
 
+def _user_event_fields(m: UserEvent) -> list[object]:
+    return [MessageType.USER_EVENT, m.origin, m.ltime, m.payload]
+
+
 def _app_request_fields(m: AppRequest) -> list[object]:
     return [MessageType.APP_REQUEST, m.request_id, m.service, m.body]
 
@@ -265,6 +270,7 @@ _ENCODERS: dict[type, Callable[..., list[object]]] = {
     KeyOpResult: _key_op_result_fields,
     AppRequest: _app_request_fields,
     AppResponse: _app_response_fields,
+    UserEvent: _user_event_fields,
 }
 
 
@@ -596,6 +602,15 @@ def _decode_user(m: list[object], payload_max: int) -> UserMessage:
     return UserMessage(_node_id(m[1], "user.sender"), _bin(m[2], "user.payload", payload_max))
 
 
+def _decode_user_event(m: list[object], payload_max: int) -> UserEvent:
+    _arity(m, 4, "user_event")
+    return UserEvent(
+        _node_id(m[1], "user_event.origin"),
+        _u64(m[2], "user_event.ltime"),
+        _bin(m[3], "user_event.payload", payload_max),
+    )
+
+
 KEY_OPS = frozenset({"list", "install", "use", "remove"})
 _KEY_SIZE = 32
 _ERROR_MAX = 256
@@ -676,6 +691,7 @@ _STREAM_DECODERS: dict[int, _Decoder] = {
         (MessageType.KEY_OP_RESULT, _decode_key_op_result),
         (MessageType.APP_REQUEST, _decode_app_request),
         (MessageType.APP_RESPONSE, _decode_app_response),
+        (MessageType.USER_EVENT, _decode_user_event),
     )
 }
 # Push-pull, keyring operations and application traffic travel only on

@@ -17,6 +17,7 @@ __all__ = [
     "LeaveRequested",
     "MetadataChanged",
     "PacketReceived",
+    "SendUserEvent",
     "SendUserMessage",
     "StreamReceived",
     "StreamResult",
@@ -68,6 +69,19 @@ class SendUserMessage:
 
 
 @attrs.frozen
+class SendUserEvent:
+    """Broadcast a user event: every member delivers it once and re-gossips it.
+
+    The core stamps it with this node's next Lamport time and reports it
+    back at once as ``UserEventReceived`` (the origin delivers its own
+    events too, as Serf does). Raises ``LocalProtocolError`` when the event
+    does not fit in one gossip packet.
+    """
+
+    payload: bytes
+
+
+@attrs.frozen
 class StreamReceived:
     """A peer opened a stream and sent one frame.
 
@@ -100,6 +114,7 @@ Input = (
     | LeaveRequested
     | MetadataChanged
     | SendUserMessage
+    | SendUserEvent
     | StreamReceived
     | StreamResult
 )

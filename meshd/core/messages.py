@@ -34,6 +34,7 @@ __all__ = [
     "PushNodeState",
     "PushPull",
     "Suspect",
+    "UserEvent",
     "UserMessage",
 ]
 
@@ -55,6 +56,7 @@ class MessageType(enum.IntEnum):
     KEY_OP_RESULT = 12
     APP_REQUEST = 13
     APP_RESPONSE = 14
+    USER_EVENT = 15
 
 
 @attrs.frozen
@@ -167,6 +169,22 @@ class UserMessage:
 
 
 @attrs.frozen
+class UserEvent:
+    """A user event: an application broadcast that every member re-gossips once.
+
+    Unlike :class:`UserMessage` (sent only by its origin), a receiver that
+    sees ``(origin, ltime, payload)`` for the first time delivers it and
+    queues it for gossip itself, so it reaches every member in about the
+    time a membership update does (``core/userevents.py``). ``ltime`` is the
+    origin's Lamport time for user events.
+    """
+
+    origin: NodeId
+    ltime: int
+    payload: bytes = attrs.field(repr=lambda b: f"<{len(b)} bytes>")
+
+
+@attrs.frozen
 class KeyOp:
     """Keyring operation for the receiving node (stream only, mutual TLS).
 
@@ -233,4 +251,5 @@ Message = (
     | KeyOpResult
     | AppRequest
     | AppResponse
+    | UserEvent
 )

@@ -48,6 +48,7 @@ from meshd.core.inputs import (
     LeaveRequested,
     MetadataChanged,
     PacketReceived,
+    SendUserEvent,
     SendUserMessage,
     StreamReceived,
     StreamResult,
@@ -66,6 +67,7 @@ from meshd.core.messages import (
     PushNodeState,
     PushPull,
     Suspect,
+    UserEvent,
     UserMessage,
 )
 from meshd.core.outputs import (
@@ -85,11 +87,13 @@ from meshd.core.outputs import (
     ProbeCompleted,
     ReplyStream,
     SendPacket,
+    UserEventReceived,
     UserMessageReceived,
 )
 from meshd.core.pushpull import checksum, to_messages
 from meshd.core.swim import IndirectRelay, Probe, ProbeOrder
 from meshd.core.types import Address, Member, MemberState, NodeId, ProtocolRange, Rng
+from meshd.core.userevents import LamportClock, SeenEvents
 from meshd.errors import BadPacket, LocalProtocolError, MetadataTooLarge
 
 __all__ = ["STREAM_REFUSED", "CoreStatistics", "NodeCore"]
@@ -217,6 +221,11 @@ class NodeCore:
         self._stats: Counter[str] = Counter()
         self._out: list[Output] = []
 
+        # User events (core/userevents.py): Lamport-stamped, de-duplicated,
+        # re-gossiped by every member that sees one for the first time.
+        self._user_clock = LamportClock()
+        self._user_seen = SeenEvents()
+
         # Announce ourselves; the alive spreads once we know anyone.
         self._queue_self_alive()
 
@@ -229,6 +238,7 @@ class NodeCore:
             LeaveRequested: self._on_leave_requested,  # type: ignore[dict-item]
             MetadataChanged: self._on_metadata_changed,  # type: ignore[dict-item]
             SendUserMessage: self._on_send_user_message,  # type: ignore[dict-item]
+            SendUserEvent: self._on_send_user_event,  # type: ignore[dict-item]
         }
         self._message_handlers: dict[type, Callable[[Message, Address, float], None]] = {
             Ping: self._on_ping,  # type: ignore[dict-item]
@@ -240,6 +250,7 @@ class NodeCore:
             Dead: self._on_dead,  # type: ignore[dict-item]
             Leave: self._on_leave,  # type: ignore[dict-item]
             UserMessage: self._on_user_message,  # type: ignore[dict-item]
+            UserEvent: self._on_user_event,  # type: ignore[dict-item]
         }
 
     # ================================================================ public API
@@ -407,6 +418,23 @@ class NodeCore:
             )
         self._queue.queue(encoded)
 
+    def _on_send_user_event(self, ev: SendUserEvent, now: float) -> None:
+        if self._leaving:
+            raise LocalProtocolError("cannot send user events after leaving the mesh")
+        ltime = self._user_clock.time + 1
+        encoded = codec.encode_message(UserEvent(self._id, ltime, ev.payload))
+        room = codec.COMPOUND_BUDGET - _HEADER_RESERVE
+        if len(encoded) > room:
+            raise LocalProtocolError(
+                f"user event is {len(ev.payload)} bytes; at most "
+                f"{len(ev.payload) - (len(encoded) - room)} bytes fit in one gossip packet"
+            )
+        self._user_clock.tick()
+        self._user_seen.first_time(self._id, ltime, ev.payload, now)
+        self._stats["user_events_sent"] += 1
+        self._queue.queue(encoded)
+        self._out.append(UserEventReceived(self._id, ltime, ev.payload))
+
     # ================================================================ gossip messages
 
     def _on_ping(self, msg: Ping, source: Address, now: float) -> None:
@@ -528,6 +556,22 @@ class NodeCore:
     def _on_user_message(self, msg: UserMessage, source: Address, now: float) -> None:
         if msg.sender != self._id:
             self._out.append(UserMessageReceived(msg.sender, msg.payload))
+
+    def _on_user_event(self, msg: UserEvent, source: Address, now: float) -> None:
+        self._user_clock.witness(msg.ltime)
+        if not self._user_seen.first_time(msg.origin, msg.ltime, msg.payload, now):
+            self._stats["user_events_duplicate"] += 1
+            return
+        if msg.origin == self._id:
+            # Our own event, forgotten and echoed back (core/userevents.py
+            # Rule 2): we delivered it when we sent it.
+            self._stats["user_events_duplicate"] += 1
+            return
+        self._stats["user_events_received"] += 1
+        # Infection-style, like membership updates: every member that learns
+        # of the event passes it on (unkeyed: events never replace each other).
+        self._queue.queue(codec.encode_message(msg))
+        self._out.append(UserEventReceived(msg.origin, msg.ltime, msg.payload))
 
     # ================================================================ refutation
 

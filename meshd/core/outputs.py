@@ -31,6 +31,7 @@ __all__ = [
     "ProbeCompleted",
     "ReplyStream",
     "SendPacket",
+    "UserEventReceived",
     "UserMessageReceived",
 ]
 
@@ -175,6 +176,21 @@ class UserMessageReceived:
     payload: bytes
 
 
+@attrs.frozen
+class UserEventReceived:
+    """A user event arrived for the first time (or was sent by this node).
+
+    ``origin`` is the member that sent it (as it claims: gossip is
+    authenticated as a whole, by the cluster key, not per member);
+    ``ltime`` is its Lamport time; each ``(origin, ltime, payload)`` is
+    reported once per node.
+    """
+
+    origin: NodeId
+    ltime: int
+    payload: bytes
+
+
 Event = (
     MemberJoined
     | MemberUpdated
@@ -189,6 +205,7 @@ Event = (
     | LeaveCompleted
     | ProbeCompleted
     | UserMessageReceived
+    | UserEventReceived
 )
 
 Output = Action | Event

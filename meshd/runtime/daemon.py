@@ -73,6 +73,7 @@ from meshd.core.inputs import (
     LeaveRequested,
     MetadataChanged,
     PacketReceived,
+    SendUserEvent,
     StreamReceived,
     StreamResult,
     Tick,
@@ -99,11 +100,16 @@ from meshd.core.outputs import (
     ProbeCompleted,
     ReplyStream,
     SendPacket,
+    UserEventReceived,
 )
 from meshd.core.types import Address, Member, MemberState, NodeId
 from meshd.errors import BadPacket, ConfigError, MeshError
+from meshd.core import kvmessages
 from meshd.runtime import rpc, tls
+from meshd.runtime.kv import KvService, KvUnavailable
 from meshd.runtime.mdns import Mdns
+from meshd.runtime.plugins import PluginCommandFailed, PluginManager
+from meshd.runtime.store import DB_FILE_NAME, Store, StoreError
 from meshd.runtime.sdnotify import Notifier
 from meshd.runtime.framing import FrameError, receive_frame, send_frame
 
@@ -138,6 +144,9 @@ _SNAPSHOT_EVERY = 1.0
 #: Seconds the mDNS joiner waits to batch peers announced together.
 _MDNS_BATCH_WAIT = 0.05
 SNAPSHOT_FILE = "members.json"
+#: Largest value ``kv_get`` returns over the control socket: its base64 must
+#: fit a control line (``control.MAX_LINE``) with room for the rest.
+_KV_CONTROL_VALUE_MAX = (control.MAX_LINE - 4096) // 4 * 3
 #: ``meshd_member_events_total{event}`` labels.
 _MEMBER_EVENT_LABELS: dict[type, str] = {
     MemberJoined: "join",
@@ -273,7 +282,10 @@ class Daemon:
         self.tls = tls.isolated_identity(request)
         self._server_ctx = tls.server_context(self.tls)
         self._client_ctx = tls.client_context(self.tls)
-        self.meta = encode_tags(dict(config.node.tags))
+        # --- plugins (runtime/plugins.py; issue 6): loaded and checked here,
+        # so a bad [plugins] section stops the start (exit 78); run in run().
+        self.plugins = PluginManager(self, config)
+        self.meta = encode_tags(self.node_tags(config))
         self.counters: Counter[str] = Counter()
         # Replay protection: a random 64-bit boot epoch identifies this
         # process; receivers keep one window per epoch (see core/crypto.py).
@@ -320,6 +332,13 @@ class Daemon:
             connect_timeout=config.membership.tcp_timeout,
             counters=self.counters,
         )
+        # --- KV (runtime/kv; issue 5): the replicated store, started in run().
+        self.kv: KvService | None = None
+        # Set once this node may coordinate KV requests: it joined the mesh
+        # (or has nobody to join) and its ring was rebuilt from that view. A
+        # node that just started knows only itself; answering from that ring
+        # would read "not found" and write to the wrong replicas.
+        self._kv_ready = trio.Event()
 
     # ================================================================ life cycle
 
@@ -329,11 +348,33 @@ class Daemon:
         return self._core
 
     async def run(self, *, task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
-        """Bind, start every task, report ready, and run until stopped.
+        """Open the replica store, bind, start every task, report ready, and run until stopped.
 
         Raises:
-            ConfigError: a socket could not be bound (port in use, bad address).
+            ConfigError: a socket could not be bound (port in use, bad address),
+                or the replica store cannot be opened (corrupt, locked by
+                another meshd, unreadable); the message names the file.
         """
+        store = await self._open_store()
+        try:
+            await self._run(store, task_status)
+        finally:
+            with trio.CancelScope(shield=True):
+                await store.aclose()
+
+    async def _open_store(self) -> Store:
+        # --- KV: a store that cannot be opened stops the daemon with the
+        # store's own message (StoreCorrupt names the file and what to do):
+        # exit status 78, like any configuration problem, so a supervisor
+        # does not restart into the same damage.
+        path = self.config.state.dir / DB_FILE_NAME
+        synchronous = "FULL" if self.config.kv.synchronous == "full" else "NORMAL"
+        try:
+            return await Store.open(path, synchronous=synchronous)
+        except StoreError as e:
+            raise ConfigError(f"[kv] replica store: {e}") from None
+
+    async def _run(self, store: Store, task_status: trio.TaskStatus[Daemon]) -> None:
         host, port = self.config.node.bind
         udp = trio.socket.socket(_family(host), stdlib_socket.SOCK_DGRAM)
         try:
@@ -360,6 +401,16 @@ class Daemon:
             now=trio.current_time(),
             meta=self.meta,
         )
+        self.kv = KvService(
+            node_id=self.node_id,
+            store=store,
+            config=self.config.kv,
+            member_state=self._member_state,
+            members=self.core.members,
+            call=self.call,
+            on_request=self._observe_kv_request,
+        )
+        self.rpc_server.register(kvmessages.SERVICE, self.kv.handle)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -367,12 +418,15 @@ class Daemon:
                 await nursery.start(self._sender)
                 await nursery.start(self._timer)
                 await nursery.start(self.rpc.run)  # --- RPC: the client's sessions
+                await nursery.start(self.kv.run)  # --- KV: ring, repair, handoff
                 await nursery.start(self._serve_streams, listeners)
                 await nursery.start(self._serve_control, control_listener)
+                await nursery.start(self.plugins.run)  # --- plugins: one supervisor each
                 await nursery.start(self._write_snapshots)
                 if self.config.discovery.mdns:
                     await nursery.start(self._run_mdns)
                 await nursery.start(self._join_seeds)
+                nursery.start_soon(self._gate_kv)  # --- KV
                 if self.config.metrics.listen is not None:
                     await nursery.start(self._serve_metrics)
                 self.notifier.ready(self.status_line())
@@ -439,10 +493,48 @@ class Daemon:
         if self._metrics is None:
             from meshd.runtime.metrics import Metrics, snapshot_from_counters
 
-            self._metrics = Metrics(
-                lambda: snapshot_from_counters(self.core.statistics(), self.counters)
-            )
+            def snapshot() -> Any:
+                kv = self.kv
+                return snapshot_from_counters(
+                    self.core.statistics(),
+                    self.counters,
+                    kv_requests=None if kv is None else kv.requests,
+                    hints_pending=0 if kv is None else kv.hints_pending,
+                    plugin_restarts=self.plugins.restarts(),
+                )
+
+            self._metrics = Metrics(snapshot)
+            self._metrics.registry.register(self.plugins.collector())  # --- plugins
         return self._metrics
+
+    async def _gate_kv(self) -> None:
+        """--- KV: open KV requests once joined and the ring reflects the join."""
+        if self._kv_ready.is_set():
+            return
+        await self._connected.wait()
+        # The join's push-pull brought the whole table; the ring follows
+        # after its debounce. Bounded: a mesh of one (everyone else gone)
+        # still opens.
+        with trio.move_on_after(5.0):
+            while self.kv is None or self.kv.view is None or len(self.kv.view.ring.members) < 2:
+                await trio.sleep(0.05)
+            await trio.sleep(0.3)  # a rebuild started by the same join settles
+        log.info("KV requests are open")
+        self._kv_ready.set()
+
+    def _observe_kv_request(self, op: str, consistency: str, result: str, seconds: float) -> None:
+        if self._metrics is not None:
+            self._metrics.kv_request_duration.observe(seconds)
+
+    def _member_state(self, node_id: str) -> MemberState | None:
+        member = self.core.member(NodeId(node_id))
+        return None if member is None else member.state
+
+    def _all_counters(self) -> dict[str, int]:
+        counters = {**self.core.statistics().counters, **self.counters}
+        if self.kv is not None:
+            counters.update(self.kv.counters)
+        return counters
 
     def stop(self) -> None:
         """Stop at once, without a leave (the others will detect a failure)."""
@@ -461,7 +553,7 @@ class Daemon:
     def reload(self, config: Config) -> list[str]:
         """Apply what can change without a restart; return what could not."""
         ignored = []
-        for section in ("cluster", "tls", "state", "control", "discovery", "metrics"):
+        for section in ("cluster", "tls", "state", "control", "discovery", "metrics", "kv"):
             if getattr(config, section) != getattr(self.config, section):
                 ignored.append(f"[{section}]")
         if (
@@ -474,7 +566,7 @@ class Daemon:
         if config.membership != self.config.membership:
             ignored.append("[membership]")
         logging.getLogger().setLevel(config.log.level.upper())
-        meta = encode_tags(dict(config.node.tags))
+        meta = encode_tags(self.node_tags(config))
         if meta != self.meta:
             try:
                 self._feed(MetadataChanged(meta))
@@ -487,7 +579,9 @@ class Daemon:
             join=config.join,
             log=config.log,
             node=attrs.evolve(self.config.node, tags=config.node.tags),
+            plugins=config.plugins,
         )
+        self.plugins.reload(config)  # --- plugins: problems are logged, never fatal
         return ignored
 
     # ================================================================ the core
@@ -564,6 +658,9 @@ class Daemon:
             self._left.set()
         if isinstance(ev, (MemberJoined, MemberFailed, MemberLeft, MemberReaped, MemberRecovered)):
             self._snapshot_dirty.set()
+        if label is not None and self.kv is not None:
+            self.kv.member_event(ev)  # --- KV: the ring follows the membership
+        self.plugins.on_event(ev)  # --- plugins: membership and user events
         if label is not None:
             self._update_status()
         for w in self._waiters:
@@ -886,6 +983,7 @@ class Daemon:
                 exclude=[self.config.node.advertise],
             )[:_REJOIN_BATCH]
         if not seeds and not rejoin:
+            self._kv_ready.set()  # --- KV: nobody to wait for
             return
         if rejoin:
             log.info("trying %d member(s) from the snapshot", len(rejoin))
@@ -1133,7 +1231,13 @@ class Daemon:
             return control.encode_response_error(rid, control.FAILED, str(e))
         except (KeyError, TypeError, ValueError) as e:
             return control.encode_response_error(rid, control.BAD_REQUEST, f"bad arguments: {e}")
-        return control.encode_response_ok(rid, result)
+        except MeshError as e:  # e.g. a store error under a KV command: answer, never crash
+            log.warning("control: %s failed: %s", cmd, e)
+            return control.encode_response_error(rid, control.FAILED, str(e))
+        try:
+            return control.encode_response_ok(rid, result)
+        except ValueError as e:  # larger than a control line
+            return control.encode_response_error(rid, control.FAILED, f"answer too large: {e}")
 
     # --------------------------------------------------------------- commands
 
@@ -1185,7 +1289,13 @@ class Daemon:
         counts = {
             s: sum(1 for m in members if m.state.name.lower() == s) for s in control.MEMBER_STATUSES
         }
+        rows = [self._member_json(m) for m in members]
+        for row in rows:  # --- plugins: what each member runs (its "plugins" tag)
+            if row["tags"].get("plugins"):
+                row["plugins"] = row["tags"]["plugins"].split(",")
+        data = await self._kv_status(rows)
         return {
+            **data,
             "self": self.node_id,
             "cluster": self.cluster,
             "key_fingerprint": self.keyring.fingerprint(self.keyring.primary),
@@ -1193,11 +1303,38 @@ class Daemon:
             "incarnation": stats.incarnation,
             "health": stats.health_score,
             "uptime_s": round(time.monotonic() - self._started_at, 3),
-            "members": [self._member_json(m) for m in members],
+            "members": rows,
             "counts": counts,
             "split": self._split_report(),
             "mdns": self._discovery_json()["mdns"]["state"],
-            "counters": {**stats.counters, **self.counters},
+            "counters": self._all_counters(),
+            "local_plugins": self.plugins.summary(),  # --- plugins: state, restarts, errors
+        }
+
+    async def _kv_status(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """--- KV: add ``load`` (bytes) and ``owns`` (0..1) to member rows; the data footer.
+
+        Load comes from each member's ``stats`` answer, cached for a few
+        seconds (``KvTuning.stats_ttl``) so ``status --watch`` does not flood
+        the mesh; a member that does not answer shows its last known load.
+        Owns is the member's effective ownership: the share of the keys it
+        holds a replica of (Cassandra's "Owns (effective)").
+        """
+        kv = self.kv
+        view = None if kv is None else kv.view
+        if kv is None or view is None:
+            return {}
+        loads = await kv.member_stats([row["name"] for row in rows])
+        for row in rows:
+            load = loads.get(row["name"])
+            if load is not None:
+                row["load"] = load.bytes
+            if row["name"] in view.effective:
+                row["owns"] = round(view.effective[row["name"]], 6)
+        return {
+            "under_replicated": await kv.under_replicated(),
+            "hints_pending": kv.hints_pending,
+            "handoffs": kv.handoffs_pending,
         }
 
     async def _cmd_info(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -1217,7 +1354,7 @@ class Daemon:
             "primary_key": self.keyring.fingerprint(self.keyring.primary),
             "tls_ca": self.tls.ca_fingerprint,
             "discovery": self._discovery_json(),
-            "counters": {**stats.counters, **self.counters},
+            "counters": self._all_counters(),
         }
 
     async def _cmd_join(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -1297,6 +1434,262 @@ class Daemon:
             raise _CommandFailed(results[self.node_id].error)
         return {"op": op, "fingerprint": fingerprint(key), "succeeded": succeeded, "failed": failed}
 
+    # --------------------------------------------------------------- KV (issue 5)
+
+    def _kv(self, *, serving: bool = True) -> KvService:
+        """The KV service; with ``serving``, only once it may coordinate requests."""
+        if self.kv is None or self.kv.view is None:
+            raise _CommandFailed("the KV store is starting; retry in a moment")
+        if serving and not self._kv_ready.is_set():
+            raise _CommandFailed(
+                "the KV store is starting: this node has not joined the mesh yet "
+                "(see `meshctl status`); retry in a moment"
+            )
+        return self.kv
+
+    async def _kv_call(self, action: Any) -> Any:
+        try:
+            return await action
+        except KvUnavailable as e:
+            raise _CommandFailed(str(e)) from None
+
+    async def _cmd_kv_put(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Store a value: ``ns``, ``key``/``key_b64``, ``value``/``value_b64``,
+        ``consistency``, ``timeout`` (seconds)."""
+        kv = self._kv()
+        ns, key = _kv_namespace(args), _kv_bytes(args, "key")
+        value = _kv_bytes(args, "value", empty=True)
+        outcome = await self._kv_call(
+            kv.put(ns, key, value, consistency=args.get("consistency"), timeout=args.get("timeout"))
+        )
+        return _write_json(ns, key, outcome)
+
+    async def _cmd_kv_delete(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Delete a key (a tombstone): ``ns``, ``key``/``key_b64``, ``consistency``, ``timeout``."""
+        kv = self._kv()
+        ns, key = _kv_namespace(args), _kv_bytes(args, "key")
+        outcome = await self._kv_call(
+            kv.delete(ns, key, consistency=args.get("consistency"), timeout=args.get("timeout"))
+        )
+        return _write_json(ns, key, outcome)
+
+    async def _cmd_kv_get(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Read a key: ``found`` false when absent or deleted; the value in
+        ``value_b64`` (and ``value`` when it is UTF-8 text)."""
+        kv = self._kv()
+        ns, key = _kv_namespace(args), _kv_bytes(args, "key")
+        outcome = await self._kv_call(
+            kv.get(ns, key, consistency=args.get("consistency"), timeout=args.get("timeout"))
+        )
+        record = outcome.record
+        value = outcome.value
+        if value is not None and len(value) > _KV_CONTROL_VALUE_MAX:
+            raise _CommandFailed(
+                f"the value is {len(value)} bytes; the control socket carries values up to "
+                f"{_KV_CONTROL_VALUE_MAX} bytes (a control line is at most {control.MAX_LINE})"
+            )
+        result: dict[str, Any] = {
+            "ns": ns,
+            "key": _text_or_none(key),
+            "key_b64": base64.b64encode(key).decode(),
+            "found": value is not None,
+            "deleted": record is not None and record.value is None,
+            "value_b64": None if value is None else base64.b64encode(value).decode(),
+            "value": None if value is None or len(value) > 65536 else _text_or_none(value),
+            "version": None if record is None else _version_json(record),
+            "replicas": list(outcome.replicas),
+            "answered": list(outcome.answered),
+        }
+        return result
+
+    async def _cmd_ring(self, args: dict[str, Any]) -> dict[str, Any]:
+        """The ring: owners per member (primary and effective ownership), keys,
+        bytes, hints and handoffs per member, and whether a rebalance is running."""
+        kv = self._kv(serving=False)
+        view = kv.view
+        assert view is not None
+        names = list(view.ring.members)
+        loads = await kv.member_stats(names)
+        rows = []
+        for name in names:
+            member = self.core.member(NodeId(name))
+            load = loads.get(name)
+            rows.append(
+                {
+                    "name": name,
+                    "status": member.state.name.lower() if member is not None else "unknown",
+                    "owns_primary": round(view.primary.get(name, 0.0), 6),
+                    "owns": round(view.effective.get(name, 0.0), 6),
+                    "keys": None if load is None else load.keys,
+                    "tombstones": None if load is None else load.tombstones,
+                    "bytes": None if load is None else load.bytes,
+                    "hints": None if load is None else load.hints,
+                    "handoffs": None if load is None else load.handoffs,
+                }
+            )
+        return {
+            "self": self.node_id,
+            "fingerprint": view.ring.fingerprint,
+            "replicas": view.ring.replicas,
+            "partitions": view.ring.partition_count,
+            "members": rows,
+            "handoffs": kv.handoffs_pending,
+            "rebalancing": kv.rebalancing,
+            "serving": self._kv_ready.is_set(),
+            "hints_pending": kv.hints_pending,
+            "under_replicated": await kv.under_replicated(),
+        }
+
+    async def _cmd_kv_merkle(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Per peer, the Merkle root of the partitions both replicate: two
+        nodes have converged when each shows the same root for the other."""
+        kv = self._kv(serving=False)
+        view = kv.view
+        assert view is not None
+        return {
+            "self": self.node_id,
+            "fingerprint": view.ring.fingerprint,
+            "roots": await kv.shared_roots(),
+        }
+
+    async def _cmd_kv_anti_entropy(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Run one anti-entropy round now (with the peers this node initiates with)."""
+        log.info("control: kv_anti_entropy requested")
+        results = await self._kv().anti_entropy_round()
+        return {
+            "peers": {
+                peer: {"buckets": r.buckets, "pushed": r.pushed, "pulled": r.pulled}
+                for peer, r in results.items()
+            }
+        }
+
+    async def _cmd_bench_kv(self, args: dict[str, Any]) -> dict[str, Any]:
+        """BENCHMARK AID (bench/data.py), not a product command.
+
+        Runs ``count`` requests of ``op`` (``put``, ``get`` or ``raw``: an
+        empty ``_echo`` to each member of the key's preference list, waiting
+        for as many as the level needs, i.e. the same round trips without the
+        KV work) at ``consistency``, ``concurrency`` at a time, over ``keys``
+        distinct keys in namespace ``bench`` with values of ``size`` bytes.
+        Refused unless the daemon was started with ``MESHD_BENCH=1``.
+        """
+        if os.environ.get("MESHD_BENCH") != "1":
+            raise _CommandFailed("bench_kv is a benchmark aid: start meshd with MESHD_BENCH=1")
+        kv = self._kv()
+        op = args.get("op", "put")
+        if op not in ("put", "get", "raw"):
+            raise ValueError("op must be put, get or raw")
+        count, concurrency = int(args["count"]), int(args.get("concurrency", 1))
+        keys, size = int(args.get("keys", count)), int(args.get("size", 16))
+        consistency = str(args.get("consistency", "quorum"))
+        timeout = float(args.get("timeout", 10.0))
+        if not (1 <= count <= 1_000_000 and 1 <= concurrency <= 1024 and 1 <= keys <= count):
+            raise ValueError("need 1 <= count <= 1e6, 1 <= concurrency <= 1024, 1 <= keys <= count")
+        if not 0 <= size <= kvmessages.MAX_VALUE_BYTES:
+            raise ValueError("size must be 0..1 MiB")
+        value = os.urandom(size)
+        latencies: list[float] = []
+        errors: Counter[str] = Counter()
+        todo = iter(range(count))
+
+        async def one(i: int) -> None:
+            key = b"bench-%08d" % (i % keys)
+            if op == "put":
+                await kv.put("bench", key, value, consistency=consistency, timeout=timeout)
+            elif op == "get":
+                await kv.get("bench", key, consistency=consistency, timeout=timeout)
+            else:
+                await kv.echo_fanout(key, consistency, timeout)
+
+        async def worker() -> None:
+            for i in todo:
+                started = time.perf_counter()
+                try:
+                    await one(i)
+                except KvUnavailable as e:
+                    errors[str(e)[:120]] += 1
+                else:
+                    latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        async with trio.open_nursery() as nursery:
+            for _ in range(concurrency):
+                nursery.start_soon(worker)
+        elapsed = time.perf_counter() - started
+        latencies.sort()
+
+        def pct(q: float) -> float | None:
+            if not latencies:
+                return None
+            return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 4)
+
+        return {
+            "op": op,
+            "consistency": consistency,
+            "count": count,
+            "concurrency": concurrency,
+            "ok": len(latencies),
+            "errors": dict(errors),
+            "elapsed_s": round(elapsed, 6),
+            "per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else None,
+            "p50_ms": pct(0.50),
+            "p99_ms": pct(0.99),
+        }
+
+    # ================================================================ plugins (issue 6)
+
+    def node_tags(self, config: Config | None = None) -> dict[str, str]:
+        """The tags this node gossips: ``[node] tags`` plus the plugins' (runtime/plugins.py)."""
+        return self.plugins.node_tags((config or self.config).node.tags)
+
+    def publish_tags(self) -> None:
+        """Gossip this node's tags if they changed (a plugin published some).
+
+        Raises:
+            MetadataTooLarge: they exceed ``membership.meta_max_size``; nothing changed.
+        """
+        meta = encode_tags(self.node_tags())
+        if meta != self.meta:
+            self._feed(MetadataChanged(meta))
+            self.meta = meta
+
+    def send_user_event(self, payload: bytes) -> int:
+        """Broadcast a user event (core/userevents.py); plugins' broadcasts come here.
+
+        Returns:
+            Its Lamport time.
+
+        Raises:
+            LocalProtocolError: it does not fit in a gossip packet, or this node left.
+        """
+        for out in self._feed(SendUserEvent(payload)):
+            if isinstance(out, UserEventReceived):
+                return out.ltime
+        return 0  # pragma: no cover - the core always reports its own event
+
+    async def _cmd_plugins(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``meshctl plugins [reload [NAME]]``: the plugins' state, or apply the config file."""
+        if args.get("op") == "reload":
+            log.info("control: plugins reload %s", args.get("name") or "")
+        try:
+            return await self.plugins.command_plugins(args)
+        except PluginCommandFailed as e:
+            raise _CommandFailed(str(e)) from None
+
+    async def _cmd_plugin(self, args: dict[str, Any]) -> dict[str, Any]:
+        """``meshctl plugins call PLUGIN COMMAND`` (also ``meshctl event`` and ``services``)."""
+        try:
+            return await self.plugins.command(args)
+        except PluginCommandFailed as e:
+            raise _CommandFailed(str(e)) from None
+
+    async def _cmd_bench_plugin_rpc(self, args: dict[str, Any]) -> dict[str, Any]:
+        """BENCHMARK AID (bench/plugins.py), like ``bench_rpc`` but through a plugin's RPC."""
+        try:
+            return await self.plugins.bench_rpc(args)
+        except PluginCommandFailed as e:
+            raise _CommandFailed(str(e)) from None
+
     # --------------------------------------------------------------- benchmark aid
 
     async def _cmd_bench_rpc(self, args: dict[str, Any]) -> dict[str, Any]:
@@ -1375,6 +1768,66 @@ class Daemon:
 
 class _CommandFailed(Exception):
     """A control command could not be carried out; the message says why."""
+
+
+# --- KV: control arguments and answers
+
+
+def _kv_namespace(args: dict[str, Any]) -> str:
+    from meshd.core.replication import DEFAULT_NAMESPACE, check_namespace
+
+    return check_namespace(args.get("ns", DEFAULT_NAMESPACE))
+
+
+def _kv_bytes(args: dict[str, Any], name: str, *, empty: bool = False) -> bytes:
+    """``args[name]`` (text, UTF-8 encoded) or ``args[name + "_b64"]`` (base64)."""
+    encoded = args.get(f"{name}_b64")
+    if encoded is not None:
+        if not isinstance(encoded, str):
+            raise ValueError(f"{name}_b64 must be a base64 string")
+        try:
+            raw = base64.b64decode(encoded, validate=True)
+        except ValueError:
+            raise ValueError(f"{name}_b64 is not valid base64") from None
+    else:
+        text = args.get(name)
+        if not isinstance(text, str):
+            raise ValueError(f"{name} must be a string (or give {name}_b64)")
+        try:
+            raw = text.encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"{name} is not valid UTF-8 text; use {name}_b64") from None
+    if not raw and not empty:
+        raise ValueError(f"{name} must not be empty")
+    return raw
+
+
+def _text_or_none(data: bytes) -> str | None:
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return None
+
+
+def _version_json(record: Any) -> dict[str, Any]:
+    return {
+        "timestamp": str(record.timestamp),
+        "wall_ms": record.timestamp.wall_ms,
+        "writer": record.writer,
+    }
+
+
+def _write_json(ns: str, key: bytes, outcome: Any) -> dict[str, Any]:
+    return {
+        "ns": ns,
+        "key": _text_or_none(key),
+        "key_b64": base64.b64encode(key).decode(),
+        "deleted": outcome.record.value is None,
+        "version": _version_json(outcome.record),
+        "replicas": list(outcome.replicas),
+        "acked": list(outcome.acked),
+        "hinted": dict(outcome.hinted),
+    }
 
 
 # ==================================================================== helpers

@@ -77,6 +77,7 @@ from meshd.core.inputs import (
     LeaveRequested,
     MetadataChanged,
     PacketReceived,
+    SendUserEvent,
     SendUserMessage,
     StreamReceived,
     StreamResult,
@@ -555,6 +556,10 @@ class SimNetwork:
     def broadcast(self, node_id: str, payload: bytes) -> None:
         """Make ``node_id`` gossip a user message (``SendUserMessage``), now."""
         self._command(self.node(node_id), SendUserMessage(payload))
+
+    def user_event(self, node_id: str, payload: bytes) -> None:
+        """Make ``node_id`` send a user event (``SendUserEvent``), now: every member re-gossips it."""
+        self._command(self.node(node_id), SendUserEvent(payload))
 
     def bootstrap_full_mesh(self) -> None:
         """Pre-form the mesh: every running node learns every other as alive at incarnation 0.

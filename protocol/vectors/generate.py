@@ -43,7 +43,8 @@ HERE = Path(__file__).parent
     KEY_OP_RESULT,
     APP_REQUEST,
     APP_RESPONSE,
-) = range(1, 15)
+    USER_EVENT,
+) = range(1, 16)
 STATES = ["alive", "suspect", "dead", "left"]
 PACKET_MAX = 1400
 COMPOUND_BUDGET = 1348
@@ -201,6 +202,15 @@ def app_response(
         "ok": ok,
         "body": body.hex(),
         "error": error,
+    }
+
+
+def user_event(origin: str, ltime: int, payload: bytes) -> tuple[list[object], dict[str, object]]:
+    return [USER_EVENT, origin, ltime, payload], {
+        "type": "user_event",
+        "origin": origin,
+        "ltime": ltime,
+        "payload": payload.hex(),
     }
 
 
@@ -380,6 +390,17 @@ def valid_vectors() -> list[dict[str, object]]:
             "app_response error of 256 characters",
             app_response(2**40, False, b"", "é" * 256),
             note="error limit counts characters, not bytes",
+        ),
+        valid_packet(
+            "user_event",
+            user_event("node-a", 42, b"\x93\xa5hello\xa4ping\xc4\x00"),
+            note="a user event at Lamport time 42; receivers re-gossip it once",
+        ),
+        valid_packet(
+            "user_event with alive",
+            alive(4, "node-a", "10.0.0.1", 7946, b"", (1, 1, 1)),
+            user_event("node-b", 2**64 - 1, b""),
+            note="piggybacked like any gossip; ltime is a uint64, the payload may be empty",
         ),
     ]
 
@@ -570,6 +591,20 @@ def invalid_vectors() -> list[dict[str, str]]:
             "request_id is uint64",
         ),
         ("app_request missing body", "stream", stream([APP_REQUEST, 1, "kv"]), "missing field"),
+        (
+            "user_event negative ltime",
+            "packet",
+            packet([USER_EVENT, "a", -1, b""]),
+            "ltime is uint64",
+        ),
+        ("user_event str payload", "packet", packet([USER_EVENT, "a", 1, "x"]), "payload is bin"),
+        ("user_event missing payload", "packet", packet([USER_EVENT, "a", 1]), "missing field"),
+        (
+            "user_event payload over budget in a packet",
+            "packet",
+            packet([USER_EVENT, "a", 1, b"\x00" * (COMPOUND_BUDGET + 1)]),
+            "payload over COMPOUND_BUDGET",
+        ),
         ("app_response ok int", "stream", stream([APP_RESPONSE, 1, 1, b"", ""]), "ok is bool"),
         (
             "app_response error too long",

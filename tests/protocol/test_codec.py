@@ -50,6 +50,7 @@ from meshd.core.messages import (
     PushNodeState,
     PushPull,
     Suspect,
+    UserEvent,
     UserMessage,
 )
 from meshd.core.types import MemberState, NodeId, ProtocolRange
@@ -90,6 +91,7 @@ _CLASSES: dict[str, type] = {
     "key_op_result": KeyOpResult,
     "app_request": AppRequest,
     "app_response": AppResponse,
+    "user_event": UserEvent,
 }
 _NAMES = {cls: name for name, cls in _CLASSES.items()}
 

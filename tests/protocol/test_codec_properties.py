@@ -182,10 +182,10 @@ def assert_within_spec(value: Message | PushNodeState) -> None:
     """Check the limits of SPEC.md section 4.1 on an accepted message, field by field."""
     for field in attrs.fields(type(value)):
         item = getattr(value, field.name)
-        if field.name in ("seq", "incarnation", "checksum", "request_id"):
+        if field.name in ("seq", "incarnation", "checksum", "request_id", "ltime"):
             assert type(item) is int
             assert 0 <= item < 2**64
-        elif field.name in ("target", "source", "node", "accuser", "sender"):
+        elif field.name in ("target", "source", "node", "accuser", "sender", "origin"):
             assert type(item) is str
             assert 1 <= len(item.encode()) <= NODE_ID_MAX
         elif field.name in ("address", "target_address"):
