@@ -76,7 +76,7 @@ import math
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Final, Literal, final
+from typing import Any, ClassVar, Final, Literal, TypeVar, final
 
 import attrs
 
@@ -548,6 +548,9 @@ class Gauge:
         self.value -= amount
 
 
+_M = TypeVar("_M", Counter, Gauge)
+
+
 class Metrics:
     """A plugin's metrics, exported by ``/metrics`` as ``meshd_plugin_<plugin>_<name>``.
 
@@ -571,13 +574,15 @@ class Metrics:
         """Every metric, by name."""
         return [self._metrics[n] for n in sorted(self._metrics)]
 
-    def _get(self, name: str, help: str, kind: type[Any]) -> Any:
+    def _get(self, name: str, help: str, kind: type[_M]) -> _M:
         if not _METRIC_NAME.fullmatch(name):
             raise ValueError(f"metric name {name!r}: use 1..64 of a-z, 0-9 and _")
         metric = self._metrics.get(name)
         if metric is None:
-            metric = self._metrics[name] = kind(name, help)
-        elif not isinstance(metric, kind):
+            created = kind(name, help)
+            self._metrics[name] = created
+            return created
+        if not isinstance(metric, kind):
             raise ValueError(f"metric {name!r} is a {type(metric).__name__.lower()}")
         return metric
 

@@ -409,6 +409,7 @@ class Daemon:
             members=self.core.members,
             call=self.call,
             on_request=self._observe_kv_request,
+            serving=False,  # opened by _gate_kv once joined
         )
         self.rpc_server.register(kvmessages.SERVICE, self.kv.handle)
         try:
@@ -521,6 +522,8 @@ class Daemon:
             await trio.sleep(0.3)  # a rebuild started by the same join settles
         log.info("KV requests are open")
         self._kv_ready.set()
+        if self.kv is not None:
+            self.kv.open()
 
     def _observe_kv_request(self, op: str, consistency: str, result: str, seconds: float) -> None:
         if self._metrics is not None:
@@ -984,6 +987,8 @@ class Daemon:
             )[:_REJOIN_BATCH]
         if not seeds and not rejoin:
             self._kv_ready.set()  # --- KV: nobody to wait for
+            if self.kv is not None:
+                self.kv.open()
             return
         if rejoin:
             log.info("trying %d member(s) from the snapshot", len(rejoin))

@@ -53,6 +53,7 @@ author's guide. This module is its implementation inside the daemon.
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import importlib.metadata
 import importlib.util
@@ -340,7 +341,7 @@ def load(found: Found, *, previous: Loaded | None = None, fresh: bool = False) -
         sys.modules[module_name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             _purge_modules(module_name)
             log.error("plugin %s: importing %s failed", found.name, found.where, exc_info=exc)
             raise _LoadError(f"importing {found.where} failed: {_one_line(exc)}") from None
@@ -377,7 +378,7 @@ def load(found: Found, *, previous: Loaded | None = None, fresh: bool = False) -
             _purge_modules(top)
         try:
             obj = ep.load()
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             log.error("plugin %s: importing %s failed", found.name, found.where, exc_info=exc)
             raise _LoadError(f"importing {found.where} failed: {_one_line(exc)}") from None
         cls = _plugin_class(obj, found.where)
@@ -467,7 +468,7 @@ def prepare(
         except plugin_api.ConfigInvalid as e:
             errors[name] = f"[plugins.{name}] {e}"
             continue
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             log.error("plugin %s: validate_config raised", name, exc_info=e)
             errors[name] = f"[plugins.{name}] validate_config raised {_one_line(e)}"
             continue
@@ -616,8 +617,10 @@ class _Instance:
 
     async def close(self, *, stopping: bool) -> None:
         self.closed = True
-        for sub in [*self.member_subs, *self.event_subs]:
-            sub.close()
+        for members in self.member_subs:
+            members.close()
+        for events in self.event_subs:
+            events.close()
         for scope in self.handler_scopes:
             scope.cancel()
         self.handlers.clear()
@@ -628,7 +631,7 @@ class _Instance:
             scope.deadline = trio.current_time() + STOP_HOOK_TIMEOUT
             try:
                 await self.plugin.on_stop(self.ctx)
-            except Exception as e:
+            except (Exception, SystemExit) as e:  # Rule 1: not even sys.exit() gets out
                 self.ctx.log.error("on_stop raised", exc_info=e)
         if scope.cancelled_caught:
             self.ctx.log.warning("on_stop took longer than %g s; abandoned", STOP_HOOK_TIMEOUT)
@@ -1107,6 +1110,8 @@ class PluginManager:
         self._member_cache: dict[str, tuple[tuple[object, ...], MemberInfo]] = {}
         self._peers_cache: dict[str, tuple[int, list[MemberInfo]]] = {}
         self._rings: dict[tuple[tuple[str, ...], int], Ring] = {}
+        self._last_ring: dict[str, Ring] = {}
+        self._building: set[tuple[tuple[str, ...], int]] = set()
         self.counters: Counter[str] = Counter()
         prepared, errors = prepare(config.plugins)
         if errors:
@@ -1141,10 +1146,8 @@ class PluginManager:
         if service in self._services:
             return
 
-        async def serve(peer: NodeId, data: bytes) -> bytes:
-            return await self._serve(name, peer, data)
-
-        self.daemon.rpc_server.register(service, serve)
+        # A partial, not a closure: one coroutine frame less per request.
+        self.daemon.rpc_server.register(service, functools.partial(self._serve, name))
         self._services.add(service)
 
     def _unregister_service(self, name: str) -> None:
@@ -1257,34 +1260,34 @@ class PluginManager:
                 result["stopped"].append(name)
         self._refused = {n: m for n, m in self._refused.items() if n in section.enabled}
         for name in section.enabled:
-            entry = self._entries.get(name)
+            current = self._entries.get(name)
             p = prepared.get(name)
             if p is None:
                 message = errors.pop(name)
                 result["errors"][name] = message
-                if entry is not None and not entry.removed:
-                    entry.last_error = (
+                if current is not None and not current.removed:
+                    current.last_error = (
                         f"reload refused, still running the previous version: {message}"
                     )
-                    entry.last_error_at = time.time()
+                    current.last_error_at = time.time()
                 else:
                     self._refused[name] = message
                 log.error("plugin %s: %s", name, message)
                 continue
             self._refused.pop(name, None)
-            if entry is None:
-                entry = self._entries[name] = self._new_entry(p)
+            if current is None:
+                new = self._entries[name] = self._new_entry(p)
                 if self._nursery is not None:
                     self._register_service(name)
-                    self._start(entry)
+                    self._start(new)
                 result["started"].append(name)
                 continue
-            changed = p.loaded is not entry.loaded or p.raw != entry.raw
-            if changed or name in forced or entry.removed:
-                entry.removed = False
-                entry.loaded, entry.config, entry.raw = p.loaded, p.config, p.raw
-                entry.generation += 1
-                self._spawn(self._stop_and_restart, entry, entry.generation, forget=False)
+            changed = p.loaded is not current.loaded or p.raw != current.raw
+            if changed or name in forced or current.removed:
+                current.removed = False
+                current.loaded, current.config, current.raw = p.loaded, p.config, p.raw
+                current.generation += 1
+                self._spawn(self._stop_and_restart, current, current.generation, forget=False)
                 result["restarted"].append(name)
             else:
                 result["unchanged"].append(name)
@@ -1397,32 +1400,68 @@ class PluginManager:
             return []
         kv_config = getattr(self.daemon.config, "kv", None)
         replicas = getattr(kv_config, "replicas", DEFAULT_REPLICAS)
-        ring = self._ring(members, replicas)
+        ring = self._ring(plugin, members, replicas)
         return list(ring.owners(placement_key(KV_PREFIX + plugin, raw), n))
 
-    def _ring(self, members: tuple[str, ...], replicas: int) -> Ring:
+    def _ring(self, plugin: str, members: tuple[str, ...], replicas: int) -> Ring:
+        """The ring of ``members``: cached, the KV store's, or built.
+
+        Building costs about 0.16 s at 100 members, which must not land on
+        the event loop inside a plugin's call (the loop watch would blame
+        the plugin): once a plugin has a ring, a changed member set is built
+        in a worker thread while the previous ring keeps answering; only
+        the very first ring is built on the spot.
+        """
         cache_key = (members, replicas)
         ring = self._rings.get(cache_key)
         if ring is not None:
+            self._last_ring[plugin] = ring
             return ring
         # The KV store builds its ring off the event loop; when its members
         # are ours, use it (same members and parameters: the same ring).
         view = getattr(getattr(self.daemon, "kv", None), "view", None)
         kv_ring = getattr(view, "ring", None)
-        if kv_ring is not None and kv_ring.members == members and kv_ring.replicas == replicas:
-            ring = kv_ring
-        else:
-            ring = Ring.build(members, replicas=replicas)
+        if (
+            isinstance(kv_ring, Ring)
+            and kv_ring.members == members
+            and kv_ring.replicas == replicas
+        ):
+            self._remember_ring(cache_key, kv_ring)
+            self._last_ring[plugin] = kv_ring
+            return kv_ring
+        stale = self._last_ring.get(plugin)
+        if stale is not None and self._nursery is not None:
+            if cache_key not in self._building:
+                self._building.add(cache_key)
+                self._nursery.start_soon(self._build_ring, cache_key)
+            return stale
+        ring = Ring.build(members, replicas=replicas)
+        self._remember_ring(cache_key, ring)
+        self._last_ring[plugin] = ring
+        return ring
+
+    async def _build_ring(self, cache_key: tuple[tuple[str, ...], int]) -> None:
+        members, replicas = cache_key
+        try:
+            ring = await trio.to_thread.run_sync(
+                functools.partial(Ring.build, members, replicas=replicas)
+            )
+            self._remember_ring(cache_key, ring)
+        finally:
+            self._building.discard(cache_key)
+
+    def _remember_ring(self, cache_key: tuple[tuple[str, ...], int], ring: Ring) -> None:
         if len(self._rings) >= 8:
             self._rings.clear()
         self._rings[cache_key] = ring
-        return ring
 
     def on_event(self, ev: Event) -> None:
         """A core event (the daemon calls this for every one): fan out to the plugins."""
         kind = _KINDS.get(type(ev))
         if kind is not None:
             self._members_version += 1
+            if kind == "reaped":
+                self._member_cache.pop(ev.member.node_id, None)  # type: ignore[union-attr]
             event: MembershipEvent | None = None
             for entry in self._entries.values():
                 inst = entry.instance
@@ -1494,10 +1533,10 @@ class PluginManager:
         timeout: float,
         outstanding: Counter[str],
     ) -> bytes:
-        data = _request_body(method, bytes(body))
+        data = _request_body(method, body if type(body) is bytes else bytes(body))
         outstanding[node_id] += 1
         try:
-            return await self.daemon.call(node_id, _service(plugin), data, timeout)
+            return await self.daemon.call(node_id, SERVICE_PREFIX + plugin, data, timeout)
         except rpc.RpcError as e:
             raise self._remote_error(plugin, node_id, str(e)) from None
         except rpc.RpcUnavailable as e:
@@ -1542,7 +1581,7 @@ class PluginManager:
             except CallError as e:
                 entry.rpc_errors += 1
                 raise rpc.RpcError(str(e)) from None
-            except Exception as e:
+            except (Exception, SystemExit) as e:  # Rule 1
                 entry.rpc_errors += 1
                 inst.ctx.log.error("method %r failed on a call from %s", method, peer, exc_info=e)
                 raise rpc.RpcError(
@@ -1728,7 +1767,7 @@ class PluginManager:
             result = await handler(dict(arguments))
         except (PluginError, ValueError) as e:
             raise PluginCommandFailed(str(e)) from None
-        except Exception as e:
+        except (Exception, SystemExit) as e:  # Rule 1
             inst.ctx.log.error("command %r failed", command, exc_info=e)
             raise PluginCommandFailed(
                 f"plugin {plugin!r} command {command!r} failed: {_one_line(e)}"

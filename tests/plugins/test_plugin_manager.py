@@ -180,7 +180,16 @@ class Echo(Plugin):
         async def text(sender, body):
             return "not bytes"
 
-        for name, handler in (("echo", echo), ("refuse", refuse), ("crash", crash), ("text", text)):
+        async def leave(sender, body):
+            raise SystemExit(3)
+
+        for name, handler in (
+            ("echo", echo),
+            ("refuse", refuse),
+            ("crash", crash),
+            ("text", text),
+            ("exit", leave),
+        ):
             ctx.register(name, handler)
 
         async def hello(args):
@@ -301,6 +310,8 @@ async def test_rpc_dispatch_answers_and_errors(
             await call("crash")
         with pytest.raises(CallError, match=r"method 'text' on n1 returned str, not bytes"):
             await call("text")
+        with pytest.raises(CallError, match=r"method 'exit' on n1: SystemExit: 3"):
+            await call("exit")  # not even sys.exit() gets out of a plugin
         with pytest.raises(CallError, match=r"has no method 'nope' \(it has: crash, echo"):
             await call("nope")
         with pytest.raises(ValueError, match=r"method name must be 1\.\.255"):
@@ -310,8 +321,8 @@ async def test_rpc_dispatch_answers_and_errors(
         assert (r["state"], r["failures"], r["rpc_requests"], r["rpc_errors"]) == (
             "running",
             0,
-            4,
-            4,
+            5,
+            5,
         )
         assert out == Counter()  # nothing outstanding
 
@@ -483,7 +494,7 @@ async def test_broadcasts_are_size_checked_and_rate_limited(
 ) -> None:
     daemon = FakeDaemon(write(tmp_path, 'enabled = ["tags"]\n', {"tags": TAGS}))
     async with running(daemon) as manager:
-        with pytest.raises(PluginCommandFailed, match=r"at most \d+ bytes fit in one gossip packet"):
+        with pytest.raises(PluginCommandFailed, match=r"at most \d+ bytes fit in one gossip"):
             await manager.command(
                 {"plugin": "tags", "command": "shout", "args": {"count": 1, "size": 1400}}
             )
@@ -598,3 +609,85 @@ async def test_a_step_holding_the_loop_is_attributed_to_its_plugin(tmp_path: Pat
         await trio.sleep(0.2)  # ordinary waiting is not blocking
         assert row(manager, "blocker")["blocked"] == 1
         assert time.perf_counter() - start >= 0.2
+
+
+EXITS = """
+import sys
+from meshd.plugin_api import Context, Plugin
+
+
+class Exits(Plugin):
+    api_version = "1.0"
+
+    async def run(self, ctx: Context) -> None:
+        sys.exit("bye")
+"""
+
+
+async def test_sys_exit_in_run_is_a_failure_not_the_end_of_the_daemon(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    daemon = FakeDaemon(write(tmp_path, 'enabled = ["exits"]\n', {"exits": EXITS}))
+    async with running(daemon) as manager:
+        await trio.sleep(3.5)
+        r = row(manager, "exits")
+        assert r["restarts"] >= 2
+        assert r["failing"]
+        assert r["last_error"].startswith("SystemExit: bye (exits.py:")
+
+
+METRICS = """
+from meshd.plugin_api import Context, Plugin
+
+
+class Counted(Plugin):
+    api_version = "1.0"
+
+    async def run(self, ctx: Context) -> None:
+        ctx.metrics.counter("jobs", "jobs done").inc(3)
+        ctx.metrics.gauge("queue").set(7)
+"""
+
+
+async def test_metrics_are_exported_per_plugin(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    daemon = FakeDaemon(write(tmp_path, 'enabled = ["my-counted"]\n', {"my-counted": METRICS}))
+    async with running(daemon) as manager:
+        registry = CollectorRegistry()
+        registry.register(manager.collector())
+        text = generate_latest(registry).decode()
+    assert 'meshd_plugin_up{plugin="my-counted"} 1.0' in text
+    assert 'meshd_plugin_blocked_total{plugin="my-counted"} 0.0' in text
+    assert "# HELP meshd_plugin_my_counted_jobs_total jobs done" in text
+    assert "meshd_plugin_my_counted_jobs_total 3.0" in text
+    assert "meshd_plugin_my_counted_queue 7.0" in text
+
+
+async def test_owners_rebuilds_a_changed_ring_off_the_event_loop(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    daemon = FakeDaemon(
+        write(tmp_path, 'enabled = ["router"]\n', {"router": ROUTER}),
+        {"n2": "router", "n3": "router"},
+    )
+    async with running(daemon) as manager:
+        assert sorted(manager.owners("router", "k", 5)) == ["n1", "n2", "n3"]  # built at once
+        joined = Member(
+            NodeId("n5"),
+            ("127.0.0.1", 7100),
+            0,
+            MemberState.ALIVE,
+            encode_tags({"plugins": "router"}),
+        )
+        daemon.core.seed_members([joined], trio.current_time())
+        manager.on_event(MemberJoined(joined))
+        # The previous ring answers while the new one is built in a thread...
+        assert sorted(manager.owners("router", "k", 5)) == ["n1", "n2", "n3"]
+        with trio.fail_after(30):
+            while "n5" not in manager.owners("router", "k", 5):  # noqa: ASYNC110
+                await trio.sleep(0.01)
+        # ...and then it is the ring of the new members.
+        assert sorted(manager.owners("router", "k", 5)) == ["n1", "n2", "n3", "n5"]

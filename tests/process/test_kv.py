@@ -376,3 +376,37 @@ def test_kv_hints_are_delivered_to_a_returning_node(
     # node-4 has them now: its own store holds every one of its keys.
     keys4 = {m["name"]: m["keys"] for m in c.request("node-4", "ring")["members"]}["node-4"]
     assert keys4 == len(theirs)
+
+
+# ==================================================================== a damaged store
+
+
+def test_kv_corrupt_store_stops_the_daemon_with_a_clear_message(
+    cluster: Callable[..., LocalCluster],
+) -> None:
+    """No crash loop: exit status 78 (like a configuration error) and the file named."""
+    c = cluster(1, start=False)
+    state = c.configs["node-1"].parent / "state"
+    state.mkdir(exist_ok=True)
+    database = state / "kv.sqlite3"
+    database.write_bytes(b"certainly not an SQLite database\n" * 200)
+    proc = c.start("node-1", wait=False)
+    assert proc.wait(timeout=60) == 78
+    log = c.log_path("node-1").read_text()
+    assert str(database) in log
+    assert "move the file aside" in log
+    assert "Traceback" not in log
+
+
+def test_kv_metrics_count_requests(cluster: Callable[..., LocalCluster]) -> None:
+    c = start_kv_cluster(cluster, 2)
+    c.request("node-1", "metrics")  # the registry exists from here on
+    c.request("node-1", "kv_put", {"key": "k", "value": "v"})
+    c.request("node-1", "kv_get", {"key": "k", "consistency": "one"})
+    with pytest.raises(ControlError, match="namespace"):
+        c.request("node-1", "kv_get", {"key": "k", "ns": "no spaces"})
+    text = c.request("node-1", "metrics")["text"]
+    assert 'meshd_kv_requests_total{consistency="quorum",op="put",result="ok"} 1.0' in text
+    assert 'meshd_kv_requests_total{consistency="one",op="get",result="ok"} 1.0' in text
+    assert "meshd_kv_request_duration_seconds_count 2.0" in text
+    assert "meshd_hints_pending 0.0" in text

@@ -10,6 +10,7 @@ wheel built here and installed with pip. meshctl is run in-process
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -408,6 +409,13 @@ def test_events_handler_runs_on_member_failure_with_the_event_in_its_environment
             "node-2",
         )
         assert int(env["MESHD_USER_LTIME"]) >= 1
+    # The plugin's metrics, and the plugin families, in /metrics.
+    metrics = c.request("node-1", "metrics")["text"]
+    assert 'meshd_plugin_up{plugin="events"} 1.0' in metrics
+    assert 'meshd_plugin_restarts_total{plugin="events"} 0.0' in metrics
+    handlers_run = re.search(r"^meshd_plugin_events_handlers_run_total (\S+)$", metrics, re.M)
+    assert handlers_run is not None
+    assert float(handlers_run.group(1)) >= 2
 
 
 def test_services_shows_a_service_on_two_nodes_and_one_unhealthy(
@@ -470,3 +478,30 @@ def test_services_shows_a_service_on_two_nodes_and_one_unhealthy(
     status, out, _ = run_meshctl(c, "node-1", "services", "--json", capsys=capsys)
     document = json.loads(out)
     assert {s["node"] for s in document["services"]} == {"node-1", "node-2"}
+
+
+def test_hello_greets_over_rpc_counts_in_kv_and_says_hello(cluster: Factory) -> None:
+    c = cluster(3, start=False)
+    configure(c, {"enabled": ["hello"], "hello": {"greeting": "hi"}})
+    start(c)
+
+    def kv_open_everywhere() -> bool:  # each member counts: its KV requests are open
+        answers = [command(c, "node-1", "hello", "greet", node=n)["answer"] for n in c.names]
+        return all(" (greeted node-1 " in a for a in answers)
+
+    assert c.wait_until(kv_open_everywhere, 20.0)
+    # Round-robin over the three members; the count is kept in the KV store
+    # (quorum writes and reads), so it grows whichever member answers.
+    answers = [command(c, "node-1", "hello", "greet", name="Ada")["answer"] for _ in range(3)]
+    assert sorted(a.split(", from ")[1].split(" ")[0] for a in answers) == c.names
+    counts = [int(a.split("greeted node-1 ")[1].split(" ")[0]) for a in answers]
+    assert counts == list(range(counts[0], counts[0] + 3))
+    assert all(a.startswith("hi, Ada, from node-") for a in answers)
+    # Every node heard the others' hello broadcasts.
+    assert c.wait_until(
+        lambda: all(
+            sum(f"{other} says hello" in c.log_path(n).read_text() for other in c.names) == 2
+            for n in c.names
+        ),
+        10.0,
+    )

@@ -286,8 +286,11 @@ async def test_kv_sloppy_quorum_counts_hints(tmp_path: Path) -> None:
         for member in plist[1:]:
             fake.states[member] = MemberState.SUSPECT
         written = await fake.nodes[plist[0]].put("default", key, b"v", consistency="quorum")
-        assert written.acked == (plist[0],)
-        assert set(written.hinted) & set(plist[1:])
+        # Two of the three are down: the quorum counts hints (held past the list).
+        assert set(written.acked) <= {plist[0]}
+        assert set(written.hinted) <= set(plist[1:])
+        assert len(written.acked) + len(written.hinted) >= 2
+        assert not set(written.hinted.values()) & set(plist)
 
 
 async def test_kv_strict_quorum_does_not_count_hints(tmp_path: Path) -> None:

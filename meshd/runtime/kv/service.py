@@ -251,6 +251,10 @@ class KvService:
         on_request: called with ``(op, consistency, result, seconds)`` after
             each client request (metrics).
         wall_ms: the wall clock in ms since the epoch (HLC physical time).
+        serving: coordinate requests from the start; False: only once
+            :meth:`open` is called (the daemon opens once it joined the mesh:
+            a node that knows only itself would answer "not found" and
+            write to the wrong replicas).
     """
 
     def __init__(
@@ -265,6 +269,7 @@ class KvService:
         tuning: KvTuning | None = None,
         on_request: Callable[[str, str, str, float], None] | None = None,
         wall_ms: Callable[[], int] = _wall_ms,
+        serving: bool = True,
     ) -> None:
         self.node_id = node_id
         self.store = store
@@ -301,6 +306,10 @@ class KvService:
         self._nursery: trio.Nursery | None = None
         self._background = 0
         self.ready = trio.Event()
+        #: Set when this node may coordinate requests (see ``serving``).
+        self.serving = trio.Event()
+        if serving:
+            self.serving.set()
 
     # ================================================================ life cycle
 
@@ -430,10 +439,19 @@ class KvService:
             raise ValueError(f"timeout must be in (0, 300] seconds, got {timeout}")
         return float(timeout)
 
+    def open(self) -> None:
+        """Start coordinating requests (see the ``serving`` argument)."""
+        self.serving.set()
+
     def _require_view(self) -> RingView:
         view = self._view
         if view is None:
             raise KvUnavailable("the ring is not built yet; retry in a moment")
+        if not self.serving.is_set():
+            raise KvUnavailable(
+                "the KV store is starting: this node has not joined the mesh yet "
+                "(see `meshctl status`); retry in a moment"
+            )
         return view
 
     def _count(self, op: str, level: Consistency | str, result: str, started: float) -> None:
@@ -716,9 +734,11 @@ class KvService:
         deadline: float,
         decode: Callable[[bytes], Any],
     ) -> Any:
-        """One kv request to ``member``; every failure becomes :class:`_Failed`."""
-        if self._state(member) is not MemberState.ALIVE:
-            raise _Failed("not alive", unavailable=True)
+        """One kv request to ``member``; every failure becomes :class:`_Failed`.
+
+        ``call`` (``Daemon.call``) refuses a member that is not alive in this
+        node's view at once (``not_member``: "not alive"), without the network.
+        """
         remaining = deadline - trio.current_time()
         if remaining <= 0:
             raise _Failed("timeout", unavailable=True)
