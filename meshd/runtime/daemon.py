@@ -1575,7 +1575,8 @@ class Daemon:
         empty ``_echo`` to each member of the key's preference list, waiting
         for as many as the level needs, i.e. the same round trips without the
         KV work) at ``consistency``, ``concurrency`` at a time, over ``keys``
-        distinct keys in namespace ``bench`` with values of ``size`` bytes.
+        distinct keys in namespace ``bench`` with values of ``size`` bytes;
+        ``coalesce`` false sends one message per write and replica.
         Refused unless the daemon was started with ``MESHD_BENCH=1``.
         """
         if os.environ.get("MESHD_BENCH") != "1":
@@ -1588,6 +1589,7 @@ class Daemon:
         keys, size = int(args.get("keys", count)), int(args.get("size", 16))
         consistency = str(args.get("consistency", "quorum"))
         timeout = float(args.get("timeout", 10.0))
+        coalesce = bool(args.get("coalesce", True))
         if not (1 <= count <= 1_000_000 and 1 <= concurrency <= 1024 and 1 <= keys <= count):
             raise ValueError("need 1 <= count <= 1e6, 1 <= concurrency <= 1024, 1 <= keys <= count")
         if not 0 <= size <= kvmessages.MAX_VALUE_BYTES:
@@ -1616,10 +1618,15 @@ class Daemon:
                 else:
                     latencies.append(time.perf_counter() - started)
 
+        was = kv.coalesce_writes
+        kv.coalesce_writes = coalesce
         started = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(worker)
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(concurrency):
+                    nursery.start_soon(worker)
+        finally:
+            kv.coalesce_writes = was
         elapsed = time.perf_counter() - started
         latencies.sort()
 
@@ -1629,6 +1636,7 @@ class Daemon:
             return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 4)
 
         return {
+            "coalesce": coalesce,
             "op": op,
             "consistency": consistency,
             "count": count,

@@ -497,11 +497,14 @@ def test_hello_greets_over_rpc_counts_in_kv_and_says_hello(cluster: Factory) -> 
     counts = [int(a.split("greeted node-1 ")[1].split(" ")[0]) for a in answers]
     assert counts == list(range(counts[0], counts[0] + 3))
     assert all(a.startswith("hi, Ada, from node-") for a in answers)
-    # Every node heard the others' hello broadcasts.
-    assert c.wait_until(
-        lambda: all(
-            sum(f"{other} says hello" in c.log_path(n).read_text() for other in c.names) == 2
-            for n in c.names
-        ),
-        10.0,
-    )
+
+    # A restarted hello says hello again, and every other node hears it.
+    # (At start-up a node can miss the others' first hello: an event only
+    # reaches the subscribers that exist when it arrives.)
+    def heard() -> list[int]:
+        return [c.log_path(n).read_text().count("node-1 says hello") for n in ("node-2", "node-3")]
+
+    before = heard()
+    reloaded = c.request("node-1", "plugins", {"op": "reload", "name": "hello"})
+    assert reloaded["restarted"] == ["hello"]
+    assert c.wait_until(lambda: all(a > b for a, b in zip(heard(), before, strict=True)), 10.0)

@@ -50,6 +50,10 @@
 # Rule 7: nothing here blocks the trio thread: SQLite runs on the store's
 #         thread, ring builds in trio's thread pool, and anti-entropy and
 #         handoff are throttled (sync.py Rule 1).
+# Rule 8: a coordinator coalesces the writes waiting for one replica into
+#         one message (``_WriteBatcher``): none waits for a batch to fill,
+#         but while a few messages are in flight the next writes go together.
+#         Each write keeps its own acknowledgement and deadline.
 
 from __future__ import annotations
 
@@ -133,6 +137,9 @@ class KvTuning:
         gc_interval: seconds between tombstone collections.
         max_background: background tasks (fan-out tails, read repairs)
             beyond which read repairs are skipped and counted.
+        coalesce_writes: send the writes waiting for one replica together
+            (Rule 8); off: one message per write and replica.
+        batches_in_flight: write messages in flight to one replica at once.
     """
 
     ring_debounce: float = 0.2
@@ -148,6 +155,8 @@ class KvTuning:
     stats_timeout: float = 0.5
     gc_interval: float = 600.0
     max_background: int = 10_000
+    coalesce_writes: bool = True
+    batches_in_flight: int = 4
 
 
 @attrs.frozen
@@ -205,6 +214,13 @@ class _Failed(Exception):
 
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+#: Seconds past a write's deadline its fan-out may take to keep hints.
+_HINT_GRACE = 1.0
+#: Most records and bytes of records in one coalesced write message.
+_BATCH_RECORDS = 512
+_BATCH_BYTES = 4 << 20
 
 
 def _pending_reason(deadline: float) -> str:
@@ -305,6 +321,9 @@ class KvService:
         self._handoff_rate = sync.RateLimit(config.handoff_rate)
         self._nursery: trio.Nursery | None = None
         self._background = 0
+        #: Coalesce concurrent writes to one replica into one message (Rule 8).
+        self.coalesce_writes = self.tuning.coalesce_writes
+        self._batchers: dict[str, _WriteBatcher] = {}
         self.ready = trio.Event()
         #: Set when this node may coordinate requests (see ``serving``).
         self.serving = trio.Event()
@@ -543,7 +562,7 @@ class KvService:
         deadline: float,
     ) -> None:
         request = kvm.WriteRequest((record,), fresh=True)
-        body = kvm.encode(request)
+        body = kvm.encode(request) if not self.coalesce_writes else b""
         fallbacks = _Fallbacks(self, view, record.placement_key, tally.replicas)
 
         def settle() -> None:
@@ -552,7 +571,9 @@ class KvService:
 
         async def one(member: str) -> None:
             try:
-                if member == self.node_id:
+                if self.coalesce_writes:
+                    await self._batcher(member).write(record, deadline)
+                elif member == self.node_id:
                     await self._apply_write(self.node_id, request)
                 else:
                     await self._ask(member, body, deadline, kvm.decode_write_reply_untrusted)
@@ -570,11 +591,19 @@ class KvService:
                 tally.ack(member)
             settle()
 
-        with trio.move_on_at(deadline):
+        # A little past the deadline: a replica whose request timed out still
+        # gets its hint kept (on this node, if no fallback answers in time).
+        with trio.move_on_at(deadline + _HINT_GRACE):
             async with trio.open_nursery() as nursery:
                 for member in tally.replicas:
                     nursery.start_soon(one, member)
         decided.set()
+
+    def _batcher(self, member: str) -> _WriteBatcher:
+        batcher = self._batchers.get(member)
+        if batcher is None:
+            batcher = self._batchers[member] = _WriteBatcher(self, member)
+        return batcher
 
     async def _hint(
         self, target: str, record: Record, fallbacks: _Fallbacks, deadline: float
@@ -1215,6 +1244,91 @@ class KvService:
                     await trio.sleep(0)
             except StoreError as e:
                 log.warning("tombstone collection: %s", e)
+
+
+@attrs.define(eq=False)
+class _Pending:
+    record: Record
+    deadline: float
+    done: trio.Event = attrs.field(factory=trio.Event)
+    error: _Failed | None = None
+
+
+class _WriteBatcher:
+    """Coordinator writes on their way to one replica (Rule 8).
+
+    At most ``batches_in_flight`` messages are outstanding; writes that
+    arrive meanwhile wait and leave together in the next one, as one
+    ``write`` request that the replica applies in one transaction. When the
+    replica is idle a write leaves at once, alone, so coalescing adds no
+    delay; under load it saves a message, a decode and a store job per write.
+    Every write of a message shares its outcome: all stored, or all failed
+    with the same reason.
+    """
+
+    def __init__(self, service: KvService, member: str) -> None:
+        self._service = service
+        self._member = member
+        self._queue: list[_Pending] = []
+        self._in_flight = 0
+
+    async def write(self, record: Record, deadline: float) -> None:
+        """Send ``record`` with the next message; raises :class:`_Failed` as ``_ask`` does."""
+        pending = _Pending(record, deadline)
+        self._queue.append(pending)
+        self._kick()
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+
+    def _kick(self) -> None:
+        limit = self._service.tuning.batches_in_flight
+        while self._queue and self._in_flight < limit:
+            now = trio.current_time()
+            batch: list[_Pending] = []
+            size = 0
+            while self._queue and len(batch) < _BATCH_RECORDS and size < _BATCH_BYTES:
+                pending = self._queue.pop(0)
+                if pending.deadline <= now:  # its request gave up: do not send it late
+                    pending.error = _Failed("timeout", unavailable=True)
+                    pending.done.set()
+                    continue
+                batch.append(pending)
+                size += sync.record_cost(pending.record)
+            if not batch:
+                return
+            self._in_flight += 1
+            try:
+                self._service._spawn(self._send, batch)
+            except KvUnavailable:
+                self._in_flight -= 1
+                for pending in batch:
+                    pending.error = _Failed("stopping", unavailable=True)
+                    pending.done.set()
+                return
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        service = self._service
+        request = kvm.WriteRequest(tuple(p.record for p in batch), fresh=True)
+        error: _Failed | None = None
+        try:
+            if self._member == service.node_id:
+                await service._apply_write(service.node_id, request)
+            else:
+                deadline = max(p.deadline for p in batch)
+                await service._ask(
+                    self._member, kvm.encode(request), deadline, kvm.decode_write_reply_untrusted
+                )
+        except _Failed as failure:
+            error = failure
+        finally:
+            self._in_flight -= 1
+            for pending in batch:
+                pending.error = error
+                pending.done.set()
+            if len(batch) > 1:
+                service.counters["kv_writes_coalesced"] += len(batch) - 1
+            self._kick()
 
 
 class _Fallbacks:
