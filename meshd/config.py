@@ -935,11 +935,16 @@ class _Reader:
         return KvSection(
             replicas=replicas,
             consistency=typing.cast(Literal["one", "quorum", "all"], consistency),
+            timeout=seconds["timeout"],
             hinted_handoff=self.boolean("kv", "hinted_handoff", d.hinted_handoff),
             sloppy_quorum=self.boolean("kv", "sloppy_quorum", d.sloppy_quorum),
+            hint_window=seconds["hint_window"],
+            tombstone_grace=seconds["tombstone_grace"],
+            anti_entropy_interval=seconds["anti_entropy_interval"],
+            anti_entropy_rate=rates["anti_entropy_rate"],
+            handoff_rate=rates["handoff_rate"],
+            max_clock_drift=seconds["max_clock_drift"],
             synchronous=typing.cast(Literal["full", "normal"], synchronous),
-            **seconds,
-            **rates,
         )
 
     def plugins(self) -> PluginsSection:

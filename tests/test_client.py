@@ -130,7 +130,7 @@ async def test_client_errors_by_kind(fake_at: Any, short_dir: Path) -> None:
             await c.put("default", "k", "v")
         with pytest.raises(meshd.client.BadRequest):
             await c.get("bad ns", "k")
-        with pytest.raises(ValueError):  # BadRequest is a ValueError too
+        with pytest.raises(ValueError, match="get failed"):  # BadRequest is a ValueError too
             await c.get("bad ns", "k")
     with pytest.raises(meshd.client.DaemonUnavailable, match="is meshd running"):
         await meshd.client.connect(short_dir / "nobody.sock")

@@ -21,7 +21,8 @@ def write(directory: Path, kv: str) -> Path:
 def test_kv_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, ""), environ={})
     assert config.kv == KvSection()
-    assert (config.kv.replicas, config.kv.consistency, config.kv.hint_window) == (3, "quorum", 10800)
+    kv = config.kv
+    assert (kv.replicas, kv.consistency, kv.hint_window) == (3, "quorum", 10800)
     assert config.kv.tombstone_grace > config.kv.hint_window
 
 

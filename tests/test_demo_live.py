@@ -55,7 +55,11 @@ def test_live_demo_tells_the_whole_story(capsys: pytest.CaptureFixture[str]) -> 
     assert match, out
     before, after = int(match.group(1)), int(match.group(2))
     assert after > before
-    assert re.search(rf"^  A +node-3 +127\.0\.0\.1:\d+ +\S+ +\S+ +{after} ", out, re.MULTILINE)
+    # Load is "--" or a size such as "0 B" or "3.7 KiB"; Owns is "--" or a percentage.
+    load = r"(?:--|[\d.]+ [KMGTP]?i?B)"
+    assert re.search(
+        rf"^  A +node-3 +127\.0\.0\.1:\d+ +{load} +\S+ +{after} ", out, re.MULTILINE
+    )
     assert out.count("Alive:3 / Suspect:0 / Dead:0 / Left:0") == 2
 
     # Phase 4: every daemon leaves gracefully and exits 0.

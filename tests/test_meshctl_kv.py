@@ -3,6 +3,10 @@
 The daemon side of these commands runs for real in tests/process/test_kv.py.
 """
 
+# The fixtures of test_meshctl are imported by name, so pytest finds them; the
+# test functions then take them as arguments (F811 for each).
+# ruff: noqa: F811
+
 from __future__ import annotations
 
 import base64
@@ -13,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from meshd.cli import meshctl
-from meshd.cli.exit_codes import ExitStatus
-
 # The fake server and its fixtures (``serve`` and the autouse isolation).
 from test_meshctl import _isolated, error, ok, run, serve, short_dir  # noqa: F401
+
+from meshd.cli import meshctl
+from meshd.cli.exit_codes import ExitStatus
 
 PUT_RESULT = {
     "ns": "default",
@@ -108,7 +112,8 @@ def test_meshctl_put_reads_binary_stdin_as_base64(
     status, _, _ = run(capsys, server, "put", "blob", "-")
     assert status == ExitStatus.OK
     args = server.requests[0]["args"]
-    assert "value" not in args and base64.b64decode(args["value_b64"]) == raw
+    assert "value" not in args
+    assert base64.b64decode(args["value_b64"]) == raw
 
 
 def test_meshctl_put_json_prints_the_answer(serve: Any, capsys: Any) -> None:
@@ -151,7 +156,8 @@ def test_meshctl_get_absent_key_exits_1_with_a_message(serve: Any, capsys: Any) 
 def test_meshctl_get_deleted_key_says_so(serve: Any, capsys: Any) -> None:
     server = serve(ok(_get_result(None, deleted=True)))
     status, _, err = run(capsys, server, "get", "greeting")
-    assert status == ExitStatus.ERROR and "was deleted" in err
+    assert status == ExitStatus.ERROR
+    assert "was deleted" in err
 
 
 def test_meshctl_get_json_absent_exits_1(serve: Any, capsys: Any) -> None:
@@ -173,7 +179,8 @@ def test_meshctl_kv_failure_names_the_operation(serve: Any, capsys: Any) -> None
 def test_meshctl_kv_bad_consistency_is_a_usage_error(serve: Any, capsys: Any) -> None:
     server = serve(ok(PUT_RESULT))
     status, _, err = run(capsys, server, "put", "k", "v", "--consistency", "most")
-    assert status == ExitStatus.USAGE and "invalid choice" in err
+    assert status == ExitStatus.USAGE
+    assert "invalid choice" in err
     assert server.requests == []
 
 
@@ -182,9 +189,7 @@ def test_meshctl_ring_table(serve: Any, capsys: Any) -> None:
     status, out, err = run(capsys, server, "ring")
     assert (status, err) == (ExitStatus.OK, "")
     lines = out.splitlines()
-    assert lines[0] == (
-        "Ring 0123456789ab  replicas=3  partitions=65536  members=2  self=node-a"
-    )
+    assert lines[0] == ("Ring 0123456789ab  replicas=3  partitions=65536  members=2  self=node-a")
     assert lines[3].split() == [
         "Name",
         "Status",
@@ -207,7 +212,8 @@ def test_meshctl_ring_table(serve: Any, capsys: Any) -> None:
 def test_meshctl_ring_json(serve: Any, capsys: Any) -> None:
     server = serve(ok(RING))
     status, out, _ = run(capsys, server, "ring", "--json")
-    assert status == ExitStatus.OK and json.loads(out) == {"v": 1, **RING}
+    assert status == ExitStatus.OK
+    assert json.loads(out) == {"v": 1, **RING}
 
 
 def test_meshctl_status_shows_load_owns_and_the_data_footer(serve: Any, capsys: Any) -> None:
@@ -225,5 +231,21 @@ def test_meshctl_status_shows_load_owns_and_the_data_footer(serve: Any, capsys: 
     status, out, _ = run(capsys, server, "status")
     assert status == ExitStatus.OK
     row = next(line for line in out.splitlines() if line.startswith("A "))
-    assert "3.0 MiB" in row and "60.0%" in row
+    assert "3.0 MiB" in row
+    assert "60.0%" in row
     assert "Under-replicated ranges:0 / Hints pending:4 / Handoffs:1" in out
+
+
+def test_meshctl_kv_bad_namespace_is_a_usage_error(serve: Any, capsys: Any) -> None:
+    server = serve(ok(PUT_RESULT))
+    status, _, err = run(capsys, server, "put", "k", "v", "--ns", "bad ns")
+    assert status == ExitStatus.USAGE
+    assert "'bad ns' is not a namespace" in err
+    assert server.requests == []
+
+
+def test_meshctl_kv_refusal_has_no_version_hint(serve: Any, capsys: Any) -> None:
+    server = serve(error("bad_request", "bad arguments: key must be 1..1024 bytes, got 2000"))
+    status, _, err = run(capsys, server, "get", "k" * 2000)
+    assert status == ExitStatus.ERROR
+    assert err == "meshctl: get failed: bad arguments: key must be 1..1024 bytes, got 2000\n"

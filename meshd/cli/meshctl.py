@@ -370,7 +370,8 @@ def _error_message(cmd: str, error: Mapping[str, str]) -> str:
         )
     elif code == control.UNKNOWN_COMMAND:
         message += f"\nthis meshd is older than meshctl {__version__}; upgrade meshd"
-    elif code == control.BAD_REQUEST:
+    elif code == control.BAD_REQUEST and not cmd.startswith("kv_"):
+        # (A KV request's arguments come from the user; the message says what is wrong.)
         message += "\nmeshd did not understand meshctl's request; are they the same version?"
     return message
 
@@ -1327,6 +1328,20 @@ on a terminal).
 """
 
 
+#: Namespaces a client may name (``meshd.core.replication.check_namespace``,
+#: checked here too so that a typo is a usage error before anything is sent).
+_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+def _namespace(text: str) -> str:
+    if not _NAMESPACE.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a namespace: use 1..64 letters, digits, '.', '_', ':' or '-', "
+            "starting with a letter or digit"
+        )
+    return text
+
+
 def _add_kv_commands(commands: Any) -> None:
     """``put``, ``get``, ``delete`` and ``ring``."""
 
@@ -1340,6 +1355,7 @@ def _add_kv_commands(commands: Any) -> None:
         parser.add_argument(
             "--ns",
             metavar="NAMESPACE",
+            type=_namespace,
             default="default",
             help="namespace (default: default): letters, digits, '.', '_', ':', '-'",
         )

@@ -264,7 +264,7 @@ def bitmap_of(partitions: Iterable[int], partition_bits: int) -> bytes:
 
 def partitions_of_bitmap(bitmap: bytes) -> list[int]:
     """The partitions set in ``bitmap``, ascending (inverse of :func:`bitmap_of`)."""
-    found = []
+    found: list[int] = []
     for i, byte in enumerate(bitmap):
         if byte:
             base = i << 3
@@ -410,7 +410,8 @@ def _summary_untrusted(fields: Sequence[object], start: int) -> Summary:
         raise BadPacket("kv: summary.under must be ascending and distinct")
     span = depth - under_depth
     nodes = []
-    for pair in _list(_field(fields, start + 3, "summary.nodes"), "summary.nodes", MAX_SUMMARY_NODES):
+    raw_nodes = _field(fields, start + 3, "summary.nodes")
+    for pair in _list(raw_nodes, "summary.nodes", MAX_SUMMARY_NODES):
         p = _list(pair, "summary.nodes[]", 2)
         if len(p) != 2:
             raise BadPacket("kv: a summary node is [index, digest]")
@@ -460,9 +461,7 @@ def _request(f: list[object]) -> KvRequest:
         return CompareRequest(session, bitmap, _summary_untrusted(f, 3))
     if op == Op.ENTRIES:
         parts = _list(_field(f, 1, "entries.partitions"), "entries.partitions")
-        return EntriesRequest(
-            tuple(_int(p, "partition", 1 << _MAX_PARTITION_BITS) for p in parts)
-        )
+        return EntriesRequest(tuple(_int(p, "partition", 1 << _MAX_PARTITION_BITS) for p in parts))
     if op == Op.FETCH:
         keys = _list(_field(f, 1, "fetch.keys"), "fetch.keys")
         return FetchRequest(tuple(_key(k, "fetch key") for k in keys))

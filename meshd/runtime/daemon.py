@@ -64,7 +64,7 @@ import trio
 
 from meshd import __version__, control
 from meshd.config import Config, format_address, parse_address
-from meshd.core import codec, crypto
+from meshd.core import codec, crypto, kvmessages
 from meshd.core.advert import Advert, check_advert
 from meshd.core.discovery import BadSnapshot, Snapshot, Source, SourceBook
 from meshd.core.inputs import (
@@ -81,7 +81,6 @@ from meshd.core.inputs import (
 from meshd.core.keyring import Keyring, fingerprint
 from meshd.core.messages import AppRequest, KeyOp, KeyOpResult, Ping, PushPull
 from meshd.core.node import STREAM_REFUSED, NodeCore
-from meshd.core.split import SplitDetector
 from meshd.core.outputs import (
     Event,
     JoinFailed,
@@ -102,16 +101,16 @@ from meshd.core.outputs import (
     SendPacket,
     UserEventReceived,
 )
+from meshd.core.split import SplitDetector
 from meshd.core.types import Address, Member, MemberState, NodeId
 from meshd.errors import BadPacket, ConfigError, MeshError
-from meshd.core import kvmessages
 from meshd.runtime import rpc, tls
+from meshd.runtime.framing import FrameError, receive_frame, send_frame
 from meshd.runtime.kv import KvService, KvUnavailable
 from meshd.runtime.mdns import Mdns
 from meshd.runtime.plugins import PluginCommandFailed, PluginManager
-from meshd.runtime.store import DB_FILE_NAME, Store, StoreError
 from meshd.runtime.sdnotify import Notifier
-from meshd.runtime.framing import FrameError, receive_frame, send_frame
+from meshd.runtime.store import DB_FILE_NAME, Store, StoreError
 
 __all__ = [
     "SNAPSHOT_FILE",
@@ -368,9 +367,10 @@ class Daemon:
         # exit status 78, like any configuration problem, so a supervisor
         # does not restart into the same damage.
         path = self.config.state.dir / DB_FILE_NAME
-        synchronous = "FULL" if self.config.kv.synchronous == "full" else "NORMAL"
         try:
-            return await Store.open(path, synchronous=synchronous)
+            return await Store.open(
+                path, synchronous="FULL" if self.config.kv.synchronous == "full" else "NORMAL"
+            )
         except StoreError as e:
             raise ConfigError(f"[kv] replica store: {e}") from None
 
@@ -517,8 +517,8 @@ class Daemon:
         # after its debounce. Bounded: a mesh of one (everyone else gone)
         # still opens.
         with trio.move_on_after(5.0):
-            while self.kv is None or self.kv.view is None or len(self.kv.view.ring.members) < 2:
-                await trio.sleep(0.05)
+            if self.kv is not None:
+                await self.kv.wait_for_ring(2)
             await trio.sleep(0.3)  # a rebuild started by the same join settles
         log.info("KV requests are open")
         self._kv_ready.set()
@@ -1329,12 +1329,19 @@ class Daemon:
         view = None if kv is None else kv.view
         if kv is None or view is None:
             return {}
-        loads = await kv.member_stats([row["name"] for row in rows])
+        try:
+            loads = await kv.member_stats([row["name"] for row in rows])
+        except StoreError as e:  # status still answers with a broken store
+            log.warning("status: the replica store failed: %s", e)
+            return {}
+        # Owns only from a ring of the current view: right after a join the
+        # ring still lists this node alone for a moment (its rebuild is debounced).
+        current = kv.ring_is_current
         for row in rows:
             load = loads.get(row["name"])
             if load is not None:
                 row["load"] = load.bytes
-            if row["name"] in view.effective:
+            if current and row["name"] in view.effective:
                 row["owns"] = round(view.effective[row["name"]], 6)
         return {
             "under_replicated": await kv.under_replicated(),
@@ -1938,7 +1945,6 @@ async def serve(config: Config, *, node_id: str, secret: bytes) -> int:
     SIGHUP reloads the configuration file.
     """
     from meshd.config import load_config
-
     from meshd.runtime import sdnotify
 
     notifier = sdnotify.Notifier()

@@ -15,7 +15,8 @@ from meshd.errors import BadPacket
 
 R1 = Record("default", b"key", b"value", Timestamp.of(1_700_000_000_000, 3), "node-1")
 R2 = Record("plugin.x", b"\x00\xff", None, Timestamp.of(5), "node-2")
-SUMMARY = MerkleTree.build([(b"\x01ak", b"d" * 16), (b"\x01ab", b"e" * 16)], 8).snapshot().summary(4)
+TREE = MerkleTree.build([(b"\x01ak", b"d" * 16), (b"\x01ab", b"e" * 16)], 8)
+SUMMARY = TREE.snapshot().summary(4)
 
 REQUESTS = [
     kvm.WriteRequest((R1, R2), fresh=True),
@@ -113,7 +114,10 @@ BAD = [
     ("read key missing", msgpack.packb([2, "ns"])),
     ("compare digest size", msgpack.packb([4, 1, None, 0, 0, [0], [[0, b"x"]]], use_bin_type=True)),
     ("compare under_depth > depth", msgpack.packb([4, 1, None, 1, 2, [0], []])),
-    ("compare node outside", msgpack.packb([4, 1, None, 2, 1, [0], [[3, b"d" * 16]]], use_bin_type=True)),
+    (
+        "compare node outside",
+        msgpack.packb([4, 1, None, 2, 1, [0], [[3, b"d" * 16]]], use_bin_type=True),
+    ),
     ("compare under unsorted", msgpack.packb([4, 1, None, 2, 1, [1, 0], []])),
     ("entries not ints", msgpack.packb([5, ["a"]])),
     ("fetch key text", msgpack.packb([6, ["a"]])),

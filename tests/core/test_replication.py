@@ -83,7 +83,8 @@ def test_write_tally_decides_failure_as_soon_as_it_is_impossible() -> None:
     t.fail("b", "not alive")
     assert not t.decided
     t.fail("c", "unreachable")
-    assert t.decided and not t.succeeded
+    assert t.decided
+    assert not t.succeeded
     assert t.error("no answer yet") == (
         "quorum needs 2 of 3 replicas, 0 answered (b: not alive, c: unreachable, a: no answer yet)"
     )
@@ -108,10 +109,12 @@ def test_write_tally_hints_count_only_when_sloppy() -> None:
     # While the hint is on its way, a sloppy quorum is still possible.
     strict.fail("c", "not alive")
     sloppy.fail("c", "not alive")
-    assert strict.decided and not strict.succeeded
+    assert strict.decided
+    assert not strict.succeeded
     assert not sloppy.decided
     sloppy.hint_stored("b", "d")
-    assert sloppy.succeeded and sloppy.hinted == {"b": "d"}
+    assert sloppy.succeeded
+    assert sloppy.hinted == {"b": "d"}
     strict.hint_stored("b", "d")
     assert not strict.succeeded
 
@@ -125,7 +128,8 @@ def test_write_tally_failed_hint_ends_a_sloppy_wait() -> None:
     assert not t.decided
     t.hint_failed("b")
     t.hint_failed("c")
-    assert t.decided and not t.succeeded
+    assert t.decided
+    assert not t.succeeded
     assert "1 answered" in t.error()
 
 
@@ -134,7 +138,8 @@ def test_write_tally_late_ack_after_failure_counts_once() -> None:
     t.ack("a")
     t.ack("a")
     t.fail("a", "timeout")  # an ack is not taken back
-    assert t.acked == ["a"] and "a" not in t.failed
+    assert t.acked == ["a"]
+    assert "a" not in t.failed
 
 
 @given(
@@ -162,47 +167,57 @@ def test_read_tally_answers_newest_and_names_stale_members() -> None:
     t.answer("b", rec(b"new", 2))
     assert t.decided
     plan = t.plan()
-    assert plan.value == b"new" and plan.stale == ("a",)
+    assert plan.value == b"new"
+    assert plan.stale == ("a",)
 
 
 def test_read_tally_not_found_waits_for_pending_replicas() -> None:
     # Rule 4: a new owner without the data answers first with nothing.
     t = ReadTally(ONE, PLIST)
     t.answer("a", None)
-    assert t.can_answer and not t.decided
+    assert t.can_answer
+    assert not t.decided
     t.answer("b", rec(b"v", 1))
-    assert t.decided and t.plan().value == b"v"
+    assert t.decided
+    assert t.plan().value == b"v"
 
 
 def test_read_tally_not_found_everywhere_is_an_answer() -> None:
     t = ReadTally(ONE, PLIST)
     for m in PLIST:
         t.answer(m, None)
-    assert t.decided and t.plan().winner is None and not t.found
+    assert t.decided
+    assert t.plan().winner is None
+    assert not t.found
 
 
 def test_read_tally_tombstone_counts_as_found() -> None:
     t = ReadTally(ONE, PLIST)
     t.answer("a", rec(None, 5))
-    assert t.decided and t.found and t.plan().value is None
+    assert t.decided
+    assert t.found
+    assert t.plan().value is None
 
 
 def test_read_tally_extras_are_waited_for_resolve_and_never_repaired() -> None:
     t = ReadTally(QUORUM, PLIST, extras=("old",))
     t.answer("a", None)
     t.answer("b", None)
-    assert t.can_answer and not t.decided  # the previous owner is still pending
+    assert t.can_answer
+    assert not t.decided
     t.answer("old", rec(b"moving", 3))
     assert t.decided
     plan = t.plan()
-    assert plan.value == b"moving" and plan.stale == ("a", "b")
+    assert plan.value == b"moving"
+    assert plan.stale == ("a", "b")
 
 
 def test_read_tally_failure_is_decided_and_explained() -> None:
     t = ReadTally(QUORUM, PLIST)
     t.fail("a", "timeout")
     t.fail("b", "not alive")
-    assert t.decided and not t.can_answer
+    assert t.decided
+    assert not t.can_answer
     assert t.error("no answer yet") == (
         "quorum needs 2 of 3 replicas, 0 answered (a: timeout, b: not alive, c: no answer yet)"
     )
@@ -235,15 +250,19 @@ def test_ring_view_sets_match_the_ring() -> None:
 
 def test_ring_view_of_a_node_outside_the_ring_owns_nothing() -> None:
     view = RingView.build(["a", "b"], "z", partition_bits=8)
-    assert view.owned == frozenset() and dict(view.shared) == {}
+    assert view.owned == frozenset()
+    assert dict(view.shared) == {}
 
 
 @settings(max_examples=20, deadline=None)
 @given(st.sets(st.sampled_from([f"n{i}" for i in range(12)]), min_size=1, max_size=8))
 def test_ring_view_is_the_same_on_every_node(members: set[str]) -> None:
     # Rule 1 of ring.py through the view: equal member sets, equal placement.
-    views = [RingView.build(sorted(members, reverse=r), m, partition_bits=8)
-             for m in members for r in (False, True)]
+    views = [
+        RingView.build(sorted(members, reverse=r), m, partition_bits=8)
+        for m in members
+        for r in (False, True)
+    ]
     assert len({v.ring.fingerprint for v in views}) == 1
     for v in views:
         for p in v.owned:

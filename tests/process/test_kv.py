@@ -99,9 +99,7 @@ def converged_roots(c: LocalCluster) -> bool:
         roots = {n: c.request(n, "kv_merkle")["roots"] for n in c.running()}
     except ControlError:
         return False
-    return all(
-        roots[a].get(b) == roots[b].get(a) for a in roots for b in roots if a != b
-    )
+    return all(roots[a].get(b) == roots[b].get(a) for a in roots for b in roots if a != b)
 
 
 def kv_counters(c: LocalCluster, key: str) -> int:
@@ -118,7 +116,7 @@ async def clients(c: LocalCluster, names: list[str]) -> dict[str, meshd.client.C
 def test_kv_acknowledged_writes_survive_a_sigkill_and_restart(
     cluster: Callable[..., LocalCluster],
 ) -> None:
-    """5 nodes, 5,000 quorum writes while node-5 is SIGKILLed and later restarted.
+    """5 nodes, 5,000 quorum writes while node-5 is SIGKILLed, declared dead, and restarted.
 
     The checker records, per key, the last acknowledged and the last
     attempted sequence number (writes to one key are sequential and go
@@ -128,11 +126,13 @@ def test_kv_acknowledged_writes_survive_a_sigkill_and_restart(
     """
     c = start_kv_cluster(cluster, 5)
     keys, rounds, workers = 500, 10, 40
+    rate = 250.0  # writes/s in all: 20 s, long enough for node-5 to be declared dead
     acked: dict[int, int] = {}
     attempted: dict[int, int] = {}
     failures: list[str] = []
     done = 0
     killed = trio.Event()
+    declared_dead = False
     kill_at, restart_at = keys * rounds // 5, keys * rounds * 3 // 5
     coordinators = ["node-1", "node-2", "node-3", "node-4"]  # node-5 is the one killed
 
@@ -155,13 +155,23 @@ def test_kv_acknowledged_writes_survive_a_sigkill_and_restart(
                     else:
                         acked[k] = seq
                     done += 1
+                    await trio.sleep(workers / rate)
+
+        def survivors_see_node5_dead() -> bool:
+            return c.all_see("node-5", "dead", observers=coordinators)
 
         async def chaos() -> None:
-            while done < kill_at:
+            nonlocal declared_dead
+            while done < kill_at:  # noqa: ASYNC110 - polls a counter the writers bump
                 await trio.sleep(0.01)
             await trio.to_thread.run_sync(c.kill, "node-5")
             killed.set()
-            while done < restart_at:
+            # Let the failure detector declare it dead (the ring changes and
+            # its partitions are handed to the next members), then bring it back.
+            declared_dead = await trio.to_thread.run_sync(
+                c.wait_until, survivors_see_node5_dead, 40.0, 0.2
+            )
+            while done < restart_at:  # noqa: ASYNC110
                 await trio.sleep(0.01)
             await trio.to_thread.run_sync(functools.partial(c.start, "node-5", timeout=30.0))
 
@@ -177,6 +187,7 @@ def test_kv_acknowledged_writes_survive_a_sigkill_and_restart(
 
     elapsed = trio.run(main)
     assert killed.is_set()
+    assert declared_dead, "node-5 was never declared dead"
     assert done == keys * rounds
     assert elapsed < 60, f"5,000 writes took {elapsed:.1f} s"
     # Quorum (2 of 3) never needs node-5: every write was acknowledged.
@@ -185,9 +196,11 @@ def test_kv_acknowledged_writes_survive_a_sigkill_and_restart(
     assert c.wait_until(c.converged, CONVERGE_S), "node-5 did not rejoin"
     assert c.wait_until(lambda: rings_agree(c), CONVERGE_S)
     assert c.wait_until(lambda: settled(c), SETTLE_S), "handoffs/hints did not finish"
-    # node-5 was written to while it was down: hints were kept and delivered.
+    # node-5 was written to while it was down: hints were kept and delivered;
+    # its death and return moved partitions twice.
     assert kv_counters(c, "kv_hints_stored") > 0
     assert kv_counters(c, "kv_hints_delivered") > 0
+    assert kv_counters(c, "kv_handoff_partitions") > 0
 
     async def check() -> list[str]:
         conns = await clients(c, c.names)
@@ -360,7 +373,9 @@ def test_kv_hints_are_delivered_to_a_returning_node(
     c = start_kv_cluster(cluster, 4, kv={"anti_entropy_interval": 3600.0})
     ring = Ring.build(c.names)
     candidates = (f"h{i}" for i in range(400))
-    theirs = [k for k in candidates if "node-4" in ring.owners(placement_key("default", k.encode()))]
+    theirs = [
+        k for k in candidates if "node-4" in ring.owners(placement_key("default", k.encode()))
+    ]
     theirs = theirs[:60]
     c.kill("node-4")
     for key in theirs:
@@ -398,15 +413,44 @@ def test_kv_corrupt_store_stops_the_daemon_with_a_clear_message(
     assert "Traceback" not in log
 
 
-def test_kv_metrics_count_requests(cluster: Callable[..., LocalCluster]) -> None:
+def test_kv_bad_requests_status_and_metrics(cluster: Callable[..., LocalCluster]) -> None:
     c = start_kv_cluster(cluster, 2)
     c.request("node-1", "metrics")  # the registry exists from here on
     c.request("node-1", "kv_put", {"key": "k", "value": "v"})
     c.request("node-1", "kv_get", {"key": "k", "consistency": "one"})
-    with pytest.raises(ControlError, match="namespace"):
-        c.request("node-1", "kv_get", {"key": "k", "ns": "no spaces"})
+    bad = [
+        ({"key": "k", "ns": "no spaces"}, "namespace 'no spaces' is not valid"),
+        ({"key": "k" * 1025, "value": "v"}, "key must be 1..1024 bytes"),
+        ({"key": "k", "value": "v", "consistency": "most"}, "consistency must be one, quorum"),
+        ({"key": "k", "value_b64": "not base64!"}, "value_b64 is not valid base64"),
+        ({"key": "k", "value": "v", "timeout": "soon"}, "timeout must be a number"),
+        ({"key": 7, "value": "v"}, "key must be a string"),
+    ]
+    for args, message in bad:
+        cmd = "kv_put" if "value" in args or "value_b64" in args else "kv_get"
+        with pytest.raises(ControlError, match=message):
+            c.request("node-1", cmd, args)
+    assert c.request("node-1", "kv_get", {"key": "k"})["value"] == "v"  # still serving
+
+    def loads() -> dict[str, Any]:
+        return {m["name"]: m.get("load") for m in c.request("node-1", "status")["members"]}
+
+    # Other members' load is cached for 5 s: wait for the refresh.
+    assert c.wait_until(lambda: loads() == {"node-1": 2, "node-2": 2}, 10.0, 0.5), loads()
+    status = c.request("node-1", "status")
+    assert {m["owns"] for m in status["members"]} == {1.0}  # 2 members, 3 replicas: all of it
+    assert (status["under_replicated"], status["hints_pending"], status["handoffs"]) == (0, 0, 0)
+
     text = c.request("node-1", "metrics")["text"]
     assert 'meshd_kv_requests_total{consistency="quorum",op="put",result="ok"} 1.0' in text
     assert 'meshd_kv_requests_total{consistency="one",op="get",result="ok"} 1.0' in text
-    assert "meshd_kv_request_duration_seconds_count 2.0" in text
+    assert 'meshd_kv_requests_total{consistency="quorum",op="get",result="ok"} 1.0' in text
+    # Refused by the service itself (the others never reach it: bad control arguments).
+    assert 'meshd_kv_requests_total{consistency="invalid",op="put",result="invalid"} 1.0' in text
+    counted = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("meshd_kv_requests_total{")
+    )
+    assert f"meshd_kv_request_duration_seconds_count {counted}" in text
     assert "meshd_hints_pending 0.0" in text

@@ -26,9 +26,9 @@ from meshd.core.hlc import Timestamp
 from meshd.core.outputs import MemberJoined, MemberRecovered
 from meshd.core.types import Member, MemberState, NodeId
 from meshd.core.versioned import Record, placement_key
+from meshd.runtime import store as store_module
 from meshd.runtime.kv import KvService, KvTuning, KvUnavailable
 from meshd.runtime.rpc import ECHO_SERVICE, RpcError, RpcUnavailable
-from meshd.runtime import store as store_module
 from meshd.runtime.store import Store
 
 FAST = KvTuning(
@@ -164,11 +164,14 @@ async def test_kv_put_get_delete_through_any_coordinator(tmp_path: Path) -> None
         assert (await two.get("default", b"k")).value == b"v1"
         await three.delete("default", "k", consistency="all")
         got = await one.get("default", b"k", consistency="all")
-        assert got.value is None and got.record is not None and got.record.value is None
+        assert got.value is None
+        assert got.record is not None
+        assert got.record.value is None
         # Every replica ends up with the tombstone (ALL waited for all three).
         for service in fake.nodes.values():
             record = await service.store.get("default", b"k")
-            assert record is not None and record.value is None
+            assert record is not None
+            assert record.value is None
 
 
 async def test_kv_coordinator_stamps_with_its_clock_and_writer(tmp_path: Path) -> None:
@@ -200,7 +203,8 @@ async def test_kv_quorum_failure_says_how_many_answered_and_why(tmp_path: Path) 
         # ONE is met by the coordinator's own copy.
         assert (await coordinator.put("default", key, b"v", consistency="one")).acked == (plist[0],)
         # ALL cannot be met once one replica is not alive: it fails at once.
-        with pytest.raises(KvUnavailable, match=rf"all needs 3 of 3 replicas, \d answered \({plist[1]}: not alive"):
+        expected = rf"all needs 3 of 3 replicas, \d answered \({plist[1]}: not alive"
+        with pytest.raises(KvUnavailable, match=expected):
             await coordinator.get("default", key, consistency="all", timeout=0.3)
         assert coordinator.requests[("put", "quorum", "unavailable")] == 1
         assert coordinator.requests[("put", "one", "ok")] == 1
@@ -486,7 +490,8 @@ async def test_kv_member_stats_and_under_replicated(tmp_path: Path) -> None:
         # A member that does not answer keeps its last known load.
         fake.unreachable.add("node-2")
         again = await one.member_stats(["node-2"])
-        assert again["node-2"] is not None and again["node-2"].keys == 1
+        assert again["node-2"] is not None
+        assert again["node-2"].keys == 1
 
 
 async def test_kv_ring_ignores_suspicion_and_drops_the_dead(tmp_path: Path) -> None:
@@ -500,7 +505,8 @@ async def test_kv_ring_ignores_suspicion_and_drops_the_dead(tmp_path: Path) -> N
         fake.states["node-3"] = MemberState.DEAD
         fake.event("node-3")
         await settle_rings(fake)
-        assert one.view is not None and one.view.ring.members == ("node-1", "node-2")
+        assert one.view is not None
+        assert one.view.ring.members == ("node-1", "node-2")
         assert one.view.ring.fingerprint == fake.nodes["node-2"].view.ring.fingerprint  # type: ignore[union-attr]
 
 
@@ -509,3 +515,56 @@ def test_kv_wire_limits_are_the_stores() -> None:
     assert kvm.MAX_KEY_BYTES == store_module.MAX_KEY_BYTES
     assert kvm.MAX_VALUE_BYTES == store_module.MAX_VALUE_BYTES
     assert kvm.MAX_WRITER_BYTES == store_module.MAX_WRITER_BYTES
+
+
+async def test_kv_concurrent_writes_to_a_replica_are_coalesced(tmp_path: Path) -> None:
+    async with mesh(tmp_path, 3) as (fake, _, _):
+        one = fake.nodes["node-1"]
+        async with trio.open_nursery() as nursery:
+            for i in range(200):
+                nursery.start_soon(one.put, "default", b"c%03d" % i, b"v")
+        assert one.counters["kv_writes_coalesced"] > 0
+        calls = sum(1 for caller, _ in fake.calls if caller == "node-1")
+        assert calls < 2 * 200  # fewer messages than writes x remote replicas
+        for service in fake.nodes.values():
+            await wait_for(lambda s=service: s._background == 0)
+            stats = await service.store.stats()
+            assert stats.keys == 200
+
+
+async def test_kv_a_failed_coalesced_message_fails_each_of_its_writes(tmp_path: Path) -> None:
+    config = attrs.evolve(CONFIG, hinted_handoff=False)
+    async with mesh(tmp_path, 3, config=config) as (fake, _, _):
+        one = fake.nodes["node-1"]
+        fake.unreachable.update({"node-2", "node-3"})
+        errors: list[str] = []
+
+        async def put(i: int) -> None:
+            try:
+                await one.put("default", b"f%02d" % i, b"v", timeout=0.3)
+            except KvUnavailable as e:
+                errors.append(str(e))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(20):
+                nursery.start_soon(put, i)
+        assert len(errors) == 20
+        assert all("quorum needs 2 of 3 replicas, 1 answered" in e for e in errors)
+        assert all("node-2: timeout" in e and "node-3: timeout" in e for e in errors)
+
+
+async def test_kv_tombstones_are_collected_after_the_grace_period(tmp_path: Path) -> None:
+    config = attrs.evolve(CONFIG, hint_window=0.01, tombstone_grace=0.05)
+    tuning = attrs.evolve(FAST, gc_interval=0.05)
+    async with mesh(tmp_path, 1, config=config, tuning=tuning) as (fake, _, _):
+        service = fake.nodes["node-1"]
+        await service.put("default", b"gone", b"v")
+        await service.delete("default", b"gone")
+        assert (await service.store.stats()).tombstones == 1
+
+        async def collected() -> bool:
+            return (await service.store.stats()).tombstones == 0
+
+        await wait_for(collected)
+        assert service.counters["kv_tombstones_collected"] == 1
+        assert await service.store.get("default", b"gone") is None

@@ -67,6 +67,7 @@ from typing import Any
 
 import attrs
 import trio
+import trio.lowlevel
 
 from meshd.config import KvSection
 from meshd.core import kvmessages as kvm
@@ -132,6 +133,7 @@ class KvTuning:
         transition_min: seconds the previous ring is read from at least.
         transition_max: seconds it is read from at most.
         transition_poll: seconds between asks whether handoffs are done.
+        max_transitions: previous rings kept for reads at most (the latest).
         stats_ttl: seconds a member's load is cached for ``status``/``ring``.
         stats_timeout: seconds to wait for a member's load.
         gc_interval: seconds between tombstone collections.
@@ -151,6 +153,7 @@ class KvTuning:
     transition_min: float = 10.0
     transition_max: float = 3600.0
     transition_poll: float = 1.0
+    max_transitions: int = 4
     stats_ttl: float = 5.0
     stats_timeout: float = 0.5
     gc_interval: float = 600.0
@@ -307,6 +310,7 @@ class KvService:
         self._view: RingView | None = None
         self._view_changed_at = 0.0
         self._ring_dirty = trio.Event()
+        self._ring_built = trio.Event()
         self._transitions: list[_Transition] = []
         self._hints_wake = trio.Event()
         self._handoff_wake = trio.Event()
@@ -360,6 +364,12 @@ class KvService:
     def view(self) -> RingView | None:
         """The current ring as this node sees it (None before the first build)."""
         return self._view
+
+    @property
+    def ring_is_current(self) -> bool:
+        """The ring is built from this node's current view (no rebuild pending)."""
+        view = self._view
+        return view is not None and frozenset(view.ring.members) == self._ring_members()
 
     @property
     def rebalancing(self) -> bool:
@@ -422,12 +432,17 @@ class KvService:
         held: set[int] = set()
         if old is not None:
             changes = await trio.to_thread.run_sync(ring_diff, old.ring, new.ring)
-            held = await self._held_partitions()
+            try:
+                held = await self._held_partitions()
+            except StoreError as e:  # the periodic pass retries the plan
+                log.warning("ring change: cannot read the store to plan handoffs: %s", e)
         # From here on no await until the handoffs are planned: whoever sees
         # the new ring also sees the work it implies (handoffs_pending).
         now = trio.current_time()
         self._view = new
         self._view_changed_at = now
+        self._ring_built.set()
+        self._ring_built = trio.Event()
         self.counters["kv_ring_builds"] += 1
         if old is None or changes is None:
             log.info("ring: %d member(s), fingerprint %s", len(members), new.ring.fingerprint[:12])
@@ -441,6 +456,8 @@ class KvService:
         )
         if changes.changes:
             self._transitions.append(_Transition(old, now))
+            # Each kept ring weighs megabytes at N = 100: keep the latest few.
+            del self._transitions[: -self.tuning.max_transitions]
             self._plan_handoffs(held, changes)
             self._handoff_wake.set()
 
@@ -457,6 +474,11 @@ class KvService:
         if not 0 < timeout <= 300:
             raise ValueError(f"timeout must be in (0, 300] seconds, got {timeout}")
         return float(timeout)
+
+    async def wait_for_ring(self, members: int) -> None:
+        """Return once the ring has at least ``members`` members."""
+        while self._view is None or len(self._view.ring.members) < members:
+            await self._ring_built.wait()
 
     def open(self) -> None:
         """Start coordinating requests (see the ``serving`` argument)."""
@@ -538,15 +560,19 @@ class KvService:
         except (ValueError, TypeError):
             self._count(op, level, "invalid", started)
             raise
-        record = Record(namespace, raw_key, raw_value, self.clock.now(self._wall_ms()), self.node_id)
+        stamp = self.clock.now(self._wall_ms())
+        record = Record(namespace, raw_key, raw_value, stamp, self.node_id)
         check_record(record)
         replicas = view.ring.owners(record.placement_key)
         tally = WriteTally(level, replicas, sloppy=self.config.sloppy_quorum)
-        decided = trio.Event()
+        decided, answered = trio.Event(), trio.Event()
         deadline = started + seconds
-        self._spawn(self._write_fanout, view, record, tally, decided, deadline)
+        self._spawn(self._write_fanout, view, record, tally, (decided, answered), deadline)
         with trio.move_on_at(deadline):
             await decided.wait()
+            if not tally.succeeded:
+                # Impossible already: let the others answer, for an exact count.
+                await answered.wait()
         if not tally.succeeded:
             self._count(op, level, "unavailable", started)
             raise KvUnavailable(tally.error(_pending_reason(deadline)))
@@ -558,9 +584,10 @@ class KvService:
         view: RingView,
         record: Record,
         tally: WriteTally,
-        decided: trio.Event,
+        events: tuple[trio.Event, trio.Event],
         deadline: float,
     ) -> None:
+        decided, answered = events
         request = kvm.WriteRequest((record,), fresh=True)
         body = kvm.encode(request) if not self.coalesce_writes else b""
         fallbacks = _Fallbacks(self, view, record.placement_key, tally.replicas)
@@ -568,6 +595,8 @@ class KvService:
         def settle() -> None:
             if tally.decided:
                 decided.set()
+            if not tally.pending:
+                answered.set()
 
         async def one(member: str) -> None:
             try:
@@ -598,6 +627,7 @@ class KvService:
                 for member in tally.replicas:
                     nursery.start_soon(one, member)
         decided.set()
+        answered.set()
 
     def _batcher(self, member: str) -> _WriteBatcher:
         batcher = self._batchers.get(member)
@@ -608,7 +638,7 @@ class KvService:
     async def _hint(
         self, target: str, record: Record, fallbacks: _Fallbacks, deadline: float
     ) -> str | None:
-        """Leave ``record`` as a hint for ``target``: on a fallback, else here. Returns the holder."""
+        """Leave ``record`` as a hint for ``target`` on a fallback, else here; return the holder."""
         body = kvm.encode(kvm.WriteRequest((record,), hint_for=target))
         for holder in fallbacks.candidates():
             if holder == self.node_id:
@@ -662,11 +692,13 @@ class KvService:
         pkey = placement_key(namespace, raw_key)
         replicas = view.ring.owners(pkey)
         tally = ReadTally(level, replicas, self._extras(pkey, replicas))
-        decided = trio.Event()
+        decided, answered = trio.Event(), trio.Event()
         deadline = started + seconds
-        self._spawn(self._read_fanout, namespace, raw_key, tally, decided, deadline)
+        self._spawn(self._read_fanout, namespace, raw_key, tally, (decided, answered), deadline)
         with trio.move_on_at(deadline):
             await decided.wait()
+            if not tally.can_answer:
+                await answered.wait()  # for an exact count (see _write)
         if not tally.can_answer:
             self._count(op, level, "unavailable", started)
             raise KvUnavailable(tally.error(_pending_reason(deadline)))
@@ -697,9 +729,10 @@ class KvService:
         namespace: str,
         key: bytes,
         tally: ReadTally,
-        decided: trio.Event,
+        events: tuple[trio.Event, trio.Event],
         deadline: float,
     ) -> None:
+        decided, answered = events
         request = kvm.ReadRequest(namespace, key)
         body = kvm.encode(request)
 
@@ -718,12 +751,15 @@ class KvService:
                 tally.answer(member, record)
             if tally.decided:
                 decided.set()
+            if not tally.pending:
+                answered.set()
 
         with trio.move_on_at(deadline):
             async with trio.open_nursery() as nursery:
                 for member in (*tally.replicas, *tally.extras):
                     nursery.start_soon(one, member)
         decided.set()
+        answered.set()
         # Rule 4: read repair, after the answer.
         plan = tally.plan()
         if plan.winner is None or not plan.stale:
@@ -1082,7 +1118,9 @@ class KvService:
                 log.warning("handoff: %s", e)
                 continue
             # Never move data while the ring is still changing.
-            while (wait := self._view_changed_at + self.tuning.handoff_settle - trio.current_time()) > 0:
+            settle = self.tuning.handoff_settle
+            # (A deadline that moves with each ring change, not an event to wait for.)
+            while (wait := self._view_changed_at + settle - trio.current_time()) > 0:  # noqa: ASYNC110
                 await trio.sleep(wait)
             view = self._view
             assert view is not None
@@ -1092,10 +1130,17 @@ class KvService:
             log.info("handoff: %d partition(s) to hand off", len(work))
             limiter = trio.CapacityLimiter(self.tuning.handoff_concurrency)
 
-            async def one(partition: int, view: RingView = view) -> None:
+            async def one(
+                partition: int,
+                view: RingView = view,
+                limiter: trio.CapacityLimiter = limiter,
+            ) -> None:
                 async with limiter:
                     if self._view is view:
-                        await self._handoff(partition, view)
+                        try:
+                            await self._handoff(partition, view)
+                        except StoreError as e:
+                            log.warning("handoff of partition %d: %s", partition, e)
 
             async with trio.open_nursery() as nursery:
                 for partition in work:
@@ -1111,9 +1156,7 @@ class KvService:
             return await self._call(peer, kvm.SERVICE, body, max(self.config.timeout, 10.0))
 
         try:
-            sent = await sync.push_partition(
-                self.store, ask, member, partition, self._handoff_rate
-            )
+            sent = await sync.push_partition(self.store, ask, member, partition, self._handoff_rate)
         except (RpcError, RpcUnavailable, BadPacket, StoreError) as e:
             log.debug("handoff of partition %d to %s failed: %s", partition, member, e)
             self.counters["kv_handoff_failures"] += 1
@@ -1169,7 +1212,11 @@ class KvService:
                     if m != self.node_id and self._state(m) is MemberState.ALIVE
                 }
             )
-            stats = await self.member_stats(others, refresh=True)
+            try:
+                stats = await self.member_stats(others, refresh=True)
+            except StoreError as e:
+                log.warning("rebalancing check: %s", e)
+                continue
             if all(s is not None and s.handoffs == 0 for s in stats.values()):
                 self._transitions = [t for t in self._transitions if t.since > newest]
                 log.info("rebalancing finished: reads use the current ring only")
@@ -1241,7 +1288,7 @@ class KvService:
                     self.counters["kv_tombstones_collected"] += dropped
                     if dropped < limit:
                         break
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
             except StoreError as e:
                 log.warning("tombstone collection: %s", e)
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 import attrs
 import trio
@@ -56,6 +57,7 @@ __all__ = [
 ]
 
 log = logging.getLogger("meshd.kv")
+_T = TypeVar("_T")
 
 #: Send ``body`` to ``peer``'s kv service and return the reply body; raises
 #: RpcError or RpcUnavailable like ``Daemon.call``.
@@ -127,7 +129,7 @@ def _batches(records: Sequence[Record]) -> Iterator[list[Record]]:
         yield batch
 
 
-def _chunks(items: Sequence[bytes] | Sequence[int], size: int) -> Iterator[list]:  # type: ignore[type-arg]
+def _chunks(items: Sequence[_T], size: int) -> Iterator[list[_T]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
 
@@ -167,9 +169,7 @@ class SyncResult:
     messages: int
 
 
-async def push_partition(
-    store: Store, ask: Ask, peer: str, partition: int, rate: RateLimit
-) -> int:
+async def push_partition(store: Store, ask: Ask, peer: str, partition: int, rate: RateLimit) -> int:
     """Send ``peer`` the records of ``partition`` it lacks or holds differently (handoff).
 
     Returns:
