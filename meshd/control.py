@@ -88,7 +88,23 @@ UNSUPPORTED_VERSION = "unsupported_version"
 ERROR_CODES = frozenset({BAD_REQUEST, UNKNOWN_COMMAND, FAILED, UNSUPPORTED_VERSION})
 
 #: The commands of protocol version 1.
-COMMANDS = ("status", "members", "info", "join", "leave", "keys", "metrics")
+COMMANDS = (
+    "status",
+    "members",
+    "info",
+    "join",
+    "leave",
+    "keys",
+    "metrics",
+    "kv_put",
+    "kv_get",
+    "kv_delete",
+    "ring",
+    "kv_merkle",
+    "kv_anti_entropy",
+    "plugins",
+    "plugin",
+)
 #: The ``"op"`` argument of the ``keys`` command.
 KEY_OPS = ("list", "install", "use", "remove")
 #: Values of a member's ``"status"``.
