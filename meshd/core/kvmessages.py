@@ -60,6 +60,7 @@ __all__ = [
     "Op",
     "ReadReply",
     "ReadRequest",
+    "ScanRequest",
     "StatsReply",
     "StatsRequest",
     "WriteReply",
@@ -103,6 +104,7 @@ class Op(enum.IntEnum):
     COMPARE = 4
     ENTRIES = 5
     FETCH = 6
+    SCAN = 7
 
 
 # ---------------------------------------------------------------------------
@@ -148,6 +150,20 @@ class ReadReply:
     """Attributes: record: what the replica holds (a tombstone too), or None."""
 
     record: Record | None
+
+
+@attrs.frozen
+class ScanRequest:
+    """A page of the replica's records of ``namespace`` whose key starts with
+    ``prefix``, in key order, after ``after``; tombstones included (the
+    coordinator needs them to drop keys deleted elsewhere). Answered with a
+    :class:`FetchReply`.
+    """
+
+    namespace: str
+    prefix: bytes
+    limit: int
+    after: bytes | None = None
 
 
 @attrs.frozen
@@ -238,7 +254,13 @@ class FetchReply:
 
 
 KvRequest = (
-    WriteRequest | ReadRequest | StatsRequest | CompareRequest | EntriesRequest | FetchRequest
+    WriteRequest
+    | ReadRequest
+    | StatsRequest
+    | CompareRequest
+    | EntriesRequest
+    | FetchRequest
+    | ScanRequest
 )
 KvReply = WriteReply | ReadReply | StatsReply | CompareReply | EntriesReply | FetchReply
 
@@ -304,6 +326,8 @@ def encode(message: KvRequest | KvReply) -> bytes:
         fields = [Op.ENTRIES, list(m.partitions)]
     elif isinstance(m, FetchRequest):
         fields = [Op.FETCH, list(m.keys)]
+    elif isinstance(m, ScanRequest):
+        fields = [Op.SCAN, m.namespace, m.prefix, m.limit, m.after]
     elif isinstance(m, WriteReply):
         fields = [m.applied, m.hinted]
     elif isinstance(m, ReadReply):
@@ -465,6 +489,16 @@ def _request(f: list[object]) -> KvRequest:
     if op == Op.FETCH:
         keys = _list(_field(f, 1, "fetch.keys"), "fetch.keys")
         return FetchRequest(tuple(_key(k, "fetch key") for k in keys))
+    if op == Op.SCAN:
+        namespace = _text(_field(f, 1, "scan.namespace"), "scan.namespace", MAX_NAMESPACE_BYTES)
+        prefix = _field(f, 2, "scan.prefix")
+        if type(prefix) is not bytes or len(prefix) > MAX_KEY_BYTES:
+            raise BadPacket(f"kv: scan.prefix must be bin of at most {MAX_KEY_BYTES} bytes")
+        limit = _int(_field(f, 3, "scan.limit"), "scan.limit", MAX_RECORDS + 1)
+        if limit < 1:
+            raise BadPacket("kv: scan.limit must be at least 1")
+        after = _field(f, 4, "scan.after")
+        return ScanRequest(namespace, prefix, limit, None if after is None else _key(after, "scan.after"))
     raise BadPacket(f"kv: unknown operation {op}")
 
 

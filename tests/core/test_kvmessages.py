@@ -28,6 +28,8 @@ REQUESTS = [
     kvm.CompareRequest(1, None, SUMMARY),
     kvm.EntriesRequest((1, 2, 65535)),
     kvm.FetchRequest((b"\x07defaultkey",)),
+    kvm.ScanRequest("default", b"user/", 100),
+    kvm.ScanRequest("plugin:hello", b"", 1, b"user/05"),
 ]
 
 

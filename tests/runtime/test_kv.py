@@ -174,6 +174,32 @@ async def test_kv_put_get_delete_through_any_coordinator(tmp_path: Path) -> None
             assert record.value is None
 
 
+async def test_kv_scan_merges_every_members_page_newest_wins_deletes_left_out(
+    tmp_path: Path,
+) -> None:
+    async with mesh(tmp_path, 4) as (fake, _, _):
+        one, two, three, four = fake.nodes.values()
+        for i in range(30):
+            await one.put("app", f"user/{i:02d}".encode(), f"v{i}".encode())
+        await two.put("app", b"user/05", b"newer")  # another coordinator, later
+        await three.delete("app", b"user/07")
+        await one.put("app", b"other/1", b"x")
+        await one.put("elsewhere", b"user/99", b"y")
+        pairs = await four.scan("app", b"user/", limit=100)
+        expected = [(f"user/{i:02d}".encode(), f"v{i}".encode()) for i in range(30) if i != 7]
+        expected[5] = (b"user/05", b"newer")
+        assert pairs == expected
+        # A limit is a prefix of the full answer, even when pages are cut.
+        assert await four.scan("app", b"user/", limit=4) == expected[:4]
+        # quorum/all need every ring member; one takes whoever answers.
+        fake.unreachable.add("node-3")
+        with pytest.raises(KvUnavailable, match=r"node-3: timeout"):
+            await four.scan("app", b"user/", timeout=0.3)
+        partial = await four.scan("app", b"user/", consistency="one", timeout=0.3)
+        # Every key has 3 replicas of 4 members: nothing is lost by one silent member.
+        assert partial == expected
+
+
 async def test_kv_coordinator_stamps_with_its_clock_and_writer(tmp_path: Path) -> None:
     async with mesh(tmp_path, 3) as (fake, _, _):
         one = fake.nodes["node-1"]

@@ -86,7 +86,7 @@ from meshd.core.replication import (
 from meshd.core.ring import RingDiff
 from meshd.core.ring import diff as ring_diff
 from meshd.core.types import Member, MemberState
-from meshd.core.versioned import Record, placement_key
+from meshd.core.versioned import Record, newer, placement_key
 from meshd.errors import BadPacket, MeshError
 from meshd.runtime.kv import sync
 from meshd.runtime.rpc import ECHO_SERVICE, RpcError, RpcUnavailable
@@ -711,6 +711,97 @@ class KvService:
         self._count(op, level, "ok", started)
         return ReadOutcome(winner, replicas, tuple(tally.answers))
 
+    async def scan(
+        self,
+        namespace: str,
+        prefix: bytes = b"",
+        *,
+        limit: int = 1000,
+        consistency: str | Consistency | None = None,
+        timeout: float | None = None,
+    ) -> list[tuple[bytes, bytes]]:
+        """Keys of ``namespace`` starting with ``prefix``, with their newest values, in key
+        order: at most ``limit`` pairs, deleted keys left out.
+
+        A scan has no preference list: every ring member holds some of the
+        keys, so the coordinator asks all of them for a page and merges the
+        pages by last-writer-wins. ``one`` takes whichever members answer in
+        time (keys held only by silent members are missing); ``quorum`` and
+        ``all`` need every ring member's answer, so that every key's replicas
+        were asked.
+
+        Raises:
+            ValueError, TypeError: bad arguments.
+            KvUnavailable: a member did not answer (at quorum/all), or nobody did.
+        """
+        op = "scan"
+        started = trio.current_time()
+        level = self._level(consistency)
+        seconds = self._timeout(timeout)
+        check_namespace(namespace)
+        if type(prefix) is not bytes:
+            raise TypeError("prefix must be bytes")
+        if not 1 <= limit <= 10_000:
+            raise ValueError("limit must be 1..10000")
+        view = self._require_view()
+        members = sorted(view.ring.members)
+        request = kvm.ScanRequest(namespace, prefix, limit)
+        body = kvm.encode(request)
+        deadline = started + seconds
+        pages: dict[str, list[Record]] = {}
+        failed: dict[str, str] = {}
+
+        async def one(member: str) -> None:
+            try:
+                if member == self.node_id:
+                    pages[member] = await self._local(self._scan_local(request))
+                else:
+                    reply = await self._ask(member, body, deadline, kvm.decode_fetch_reply_untrusted)
+                    pages[member] = list(reply.records)
+            except _Failed as e:
+                failed[member] = e.reason
+
+        async with trio.open_nursery() as nursery:
+            for member in members:
+                nursery.start_soon(one, member)
+        if not pages or (failed and level is not Consistency.ONE):
+            self._count(op, level.value, "unavailable", started)
+            reasons = ", ".join(f"{m}: {r}" for m, r in sorted(failed.items()))
+            raise KvUnavailable(
+                f"scan at {level.value} needs every ring member ({len(members)}), "
+                f"{len(pages)} answered ({reasons})"
+            )
+        newest: dict[bytes, Record] = {}
+        cutoff: bytes | None = None
+        for records in pages.values():
+            if len(records) >= limit and records:
+                # A full page: keys past its last one were not sent.
+                last = records[-1].key
+                cutoff = last if cutoff is None else min(cutoff, last)
+            for record in records:
+                if record.namespace != namespace:
+                    continue
+                known = newest.get(record.key)
+                if known is None or newer(record, known):
+                    newest[record.key] = record
+        pairs = [
+            (key, record.value)
+            for key, record in sorted(newest.items())
+            if record.value is not None and (cutoff is None or key <= cutoff)
+        ]
+        self._count(op, level.value, "ok", started)
+        return pairs[:limit]
+
+    async def _scan_local(self, request: kvm.ScanRequest) -> list[Record]:
+        records: list[Record] = await self.store.scan(
+            request.namespace,
+            request.prefix,
+            limit=request.limit,
+            after=request.after,
+            tombstones=True,
+        )
+        return records
+
     def _extras(self, pkey: bytes, replicas: tuple[str, ...]) -> tuple[str, ...]:
         """Previous owners of ``pkey`` still worth asking (Rule 6)."""
         extras: list[str] = []
@@ -890,6 +981,8 @@ class KvService:
             return kvm.EntriesReply(entries)
         if isinstance(request, kvm.FetchRequest):
             return kvm.FetchReply(tuple(await self.store.records_for(request.keys)))
+        if isinstance(request, kvm.ScanRequest):
+            return kvm.FetchReply(tuple(await self._scan_local(request)))
         raise RpcError(f"unsupported kv request {type(request).__name__}")  # pragma: no cover
 
     async def _apply_write(self, peer: str, request: kvm.WriteRequest) -> kvm.WriteReply:
