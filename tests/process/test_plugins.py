@@ -13,7 +13,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -379,7 +378,11 @@ def test_events_handler_runs_on_member_failure_with_the_event_in_its_environment
     c.kill("node-3")
     env_file = out_dir / "node-1.member-failed.env"
     assert c.wait_until(env_file.exists, 40.0), "no member-failed handler ran on node-1"
-    time.sleep(0.2)  # the handler writes stdin after env
+    # The handler writes stdin after env: wait for that file's whole line.
+    stdin_file = out_dir / "node-1.member-failed.stdin"
+    assert c.wait_until(
+        lambda: stdin_file.exists() and stdin_file.read_text().endswith("\n"), 10.0
+    )
     env = dict(line.split("=", 1) for line in env_file.read_text().splitlines())
     assert env["MESHD_EVENT"] == "member-failed"
     assert env["MESHD_MEMBER_NAME"] == "node-3"

@@ -9,7 +9,10 @@ from meshd.plugin_api import Context, Plugin
 
 
 def hold_the_loop(seconds: float) -> None:
-    time.sleep(seconds)  # a blocking call in the trio thread
+    # Busy work in the trio thread, as a CPU-bound plugin would do.
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        pass
 
 
 class Blocker(Plugin):
