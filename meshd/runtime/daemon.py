@@ -107,6 +107,7 @@ from meshd.errors import BadPacket, ConfigError, MeshError
 from meshd.runtime import rpc, tls
 from meshd.runtime.framing import FrameError, receive_frame, send_frame
 from meshd.runtime.kv import KvService, KvUnavailable
+from meshd.runtime.loadgen import run_load
 from meshd.runtime.mdns import Mdns
 from meshd.runtime.plugins import PluginCommandFailed, PluginManager
 from meshd.runtime.sdnotify import Notifier
@@ -1602,9 +1603,6 @@ class Daemon:
         if not 0 <= size <= kvmessages.MAX_VALUE_BYTES:
             raise ValueError("size must be 0..1 MiB")
         value = os.urandom(size)
-        latencies: list[float] = []
-        errors: Counter[str] = Counter()
-        todo = iter(range(count))
 
         async def one(i: int) -> None:
             key = b"bench-%08d" % (i % keys)
@@ -1615,46 +1613,15 @@ class Daemon:
             else:
                 await kv.echo_fanout(key, consistency, timeout)
 
-        async def worker() -> None:
-            for i in todo:
-                started = time.perf_counter()
-                try:
-                    await one(i)
-                except KvUnavailable as e:
-                    errors[str(e)[:120]] += 1
-                else:
-                    latencies.append(time.perf_counter() - started)
-
         was = kv.coalesce_writes
         kv.coalesce_writes = coalesce
-        started = time.perf_counter()
         try:
-            async with trio.open_nursery() as nursery:
-                for _ in range(concurrency):
-                    nursery.start_soon(worker)
+            result = await run_load(
+                one, count=count, concurrency=concurrency, expected_errors=(KvUnavailable,)
+            )
         finally:
             kv.coalesce_writes = was
-        elapsed = time.perf_counter() - started
-        latencies.sort()
-
-        def pct(q: float) -> float | None:
-            if not latencies:
-                return None
-            return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 4)
-
-        return {
-            "coalesce": coalesce,
-            "op": op,
-            "consistency": consistency,
-            "count": count,
-            "concurrency": concurrency,
-            "ok": len(latencies),
-            "errors": dict(errors),
-            "elapsed_s": round(elapsed, 6),
-            "per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else None,
-            "p50_ms": pct(0.50),
-            "p99_ms": pct(0.99),
-        }
+        return {"coalesce": coalesce, "op": op, "consistency": consistency, **result}
 
     # ================================================================ plugins (issue 6)
 
@@ -1738,11 +1705,8 @@ class Daemon:
         if member is None or member.state is not MemberState.ALIVE:
             raise _CommandFailed(f"{node!r} is not an alive member")
         body = bytes(size)
-        latencies: list[float] = []
-        errors: Counter[str] = Counter()
-        todo = iter(range(count))
 
-        async def one() -> None:
+        async def one(_: int) -> None:
             if mode == "session":
                 await self.call(node, service, body, timeout)
             else:
@@ -1750,40 +1714,13 @@ class Daemon:
                     self._client_ctx, member.node_id, member.address, service, body, timeout=timeout
                 )
 
-        async def worker() -> None:
-            for _ in todo:
-                started = time.perf_counter()
-                try:
-                    await one()
-                except (rpc.RpcError, rpc.RpcUnavailable) as e:
-                    errors[str(e)[:120]] += 1
-                else:
-                    latencies.append(time.perf_counter() - started)
-
-        started = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(worker)
-        elapsed = time.perf_counter() - started
-        latencies.sort()
-
-        def pct(q: float) -> float | None:
-            if not latencies:
-                return None
-            return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 4)
-
-        return {
-            "mode": mode,
-            "count": count,
-            "concurrency": concurrency,
-            "ok": len(latencies),
-            "errors": dict(errors),
-            "elapsed_s": round(elapsed, 6),
-            "per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else None,
-            "p50_ms": pct(0.50),
-            "p99_ms": pct(0.99),
-            "mean_ms": round(1000 * sum(latencies) / len(latencies), 4) if latencies else None,
-        }
+        result = await run_load(
+            one,
+            count=count,
+            concurrency=concurrency,
+            expected_errors=(rpc.RpcError, rpc.RpcUnavailable),
+        )
+        return {"mode": mode, **result}
 
 
 class _CommandFailed(Exception):

@@ -103,6 +103,7 @@ from meshd.plugin_api import (
     UserEvent,
 )
 from meshd.runtime import rpc
+from meshd.runtime.loadgen import run_load
 
 if TYPE_CHECKING:
     from meshd.runtime.daemon import Daemon
@@ -1797,42 +1798,13 @@ class PluginManager:
             raise ValueError("need 1 <= count <= 1e6, 1 <= concurrency <= 1024, size <= 1 MiB")
         body = bytes(size)
         outstanding: Counter[str] = Counter()
-        latencies: list[float] = []
-        errors: Counter[str] = Counter()
-        todo = iter(range(count))
 
-        async def worker() -> None:
-            for _ in todo:
-                started = time.perf_counter()
-                try:
-                    await self.call(plugin, node, method, body, timeout, outstanding)
-                except PluginError as e:
-                    errors[str(e)[:120]] += 1
-                else:
-                    latencies.append(time.perf_counter() - started)
+        async def one(_: int) -> None:
+            await self.call(plugin, node, method, body, timeout, outstanding)
 
-        started = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for _ in range(concurrency):
-                nursery.start_soon(worker)
-        elapsed = time.perf_counter() - started
-        latencies.sort()
-
-        def pct(q: float) -> float | None:
-            if not latencies:
-                return None
-            return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000, 4)
-
-        return {
-            "count": count,
-            "concurrency": concurrency,
-            "ok": len(latencies),
-            "errors": dict(errors),
-            "elapsed_s": round(elapsed, 6),
-            "per_s": round(len(latencies) / elapsed, 1) if elapsed > 0 else None,
-            "p50_ms": pct(0.50),
-            "p99_ms": pct(0.99),
-        }
+        return await run_load(
+            one, count=count, concurrency=concurrency, expected_errors=(PluginError,)
+        )
 
     # ------------------------------------------------------------ metrics
 
